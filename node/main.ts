@@ -1,0 +1,180 @@
+// `oklog ingest|store|ingeststore`: flags → filesystem → subsystems → HTTP server → gossip, and a
+// graceful shutdown on SIGTERM/SIGINT (leave the cluster, stop listeners, flush, release locks).
+import { Writable } from 'node:stream';
+import pino, { type Logger } from 'pino';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+import { parseAddr } from '../shared/addr.ts';
+import { describeError, InvalidArgumentError } from '../shared/errors.ts';
+import { type FlagSpec, type FlagValues, parseFlags, usage } from '../shared/flags.ts';
+import { buildApiServer } from './api/index.ts';
+import { clusterFlagSpecs, startCluster } from './cluster/index.ts';
+import type { PeerInfo, PeerRole, Peers, PeerType } from './cluster/peers.ts';
+import { createFileSystem } from './fs/index.ts';
+
+export type NodeMode = PeerType;
+
+// Subsystems are loaded only by the modes that use them.
+const loadIngest = () => import('./ingest/index.ts');
+const loadStore = () => import('./store/index.ts');
+
+export async function nodeFlagSpecs(mode: NodeMode): Promise<FlagSpec[]> {
+  const specs: FlagSpec[] = [
+    { name: 'debug', kind: 'bool', default: false, help: 'debug logging' },
+    { name: 'api', kind: 'string', default: 'tcp://0.0.0.0:7650', help: 'listen address for the HTTP API' },
+    ...clusterFlagSpecs(),
+    { name: 'filesystem', kind: 'string', default: 'real', help: 'real, virtual, nop' },
+  ];
+  if (mode !== 'store') specs.push(...(await loadIngest()).ingestFlagSpecs(mode));
+  if (mode !== 'ingest') specs.push(...(await loadStore()).storeFlagSpecs(mode));
+  return specs;
+}
+
+/** Peers that delegate to the cluster once it has started (the API port is known only then). */
+class DeferredPeers implements Peers {
+  target: Peers | null = null;
+  current(role: PeerRole): string[] {
+    return this.target ? this.target.current(role) : [];
+  }
+  members(): PeerInfo[] {
+    return this.target ? this.target.members() : [];
+  }
+}
+
+export interface RunningNode {
+  apiAddress: string;
+  stop(): Promise<void>;
+}
+
+/** Starts a node; resolves once every listener is bound. */
+export async function startNode(mode: NodeMode, values: FlagValues, set: Set<string>, logger: Logger) {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const fs = createFileSystem(String(values.filesystem));
+  const api = parseAddr(String(values.api), 7650);
+  const peers = new DeferredPeers();
+  let clusterState: () => unknown = () => ({});
+  const stateFn = () => clusterState();
+
+  const ingest =
+    mode !== 'store'
+      ? await startIngest({ mode, flags: values, fs, logger, registry, clusterState: stateFn })
+      : null;
+  let store: Awaited<ReturnType<Awaited<ReturnType<typeof loadStore>>['startStore']>> | null = null;
+  try {
+    if (mode !== 'ingest') {
+      // A lone ingeststore (no -peer) replicates to itself only (OK Log #51), unless told otherwise.
+      const lone = mode === 'ingeststore' && (values.peer as string[]).length === 0;
+      const flags =
+        lone && !set.has('store.segment-replication-factor')
+          ? { ...values, 'store.segment-replication-factor': 1 }
+          : values;
+      store = await (await loadStore()).startStore({
+        mode,
+        flags,
+        fs,
+        logger,
+        registry,
+        peers,
+        clusterState: stateFn,
+      });
+    }
+  } catch (err) {
+    await ingest?.stop();
+    throw err;
+  }
+
+  const plugins = [ingest?.routes, store?.routes].filter((p) => p !== undefined && p !== null);
+  const app = await buildApiServer({ logger, registry, plugins });
+  let cluster: Awaited<ReturnType<typeof startCluster>> | null = null;
+  try {
+    await app.listen({ host: api.host === '' ? '0.0.0.0' : api.host, port: api.port });
+    const bound = app.server.address();
+    const apiPort = typeof bound === 'object' && bound ? bound.port : api.port;
+    cluster = await startCluster({
+      bind: String(values.cluster),
+      advertiseAddr: String(values['cluster.advertise-addr'] ?? ''),
+      seeds: values.peer as string[],
+      keyFile: String(values['cluster.key'] ?? ''),
+      type: mode,
+      apiPort,
+      logger,
+      registry,
+    });
+    peers.target = cluster;
+    clusterState = () => cluster?.clusterState();
+    await app.register(cluster.routes);
+  } catch (err) {
+    await app.close().catch(() => {});
+    await store?.stop();
+    await ingest?.stop();
+    throw err;
+  }
+  const bound = app.server.address();
+  const apiAddress = typeof bound === 'object' && bound ? `${bound.address}:${bound.port}` : String(bound);
+  logger.info({ mode, api: apiAddress }, 'node started');
+
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= (async () => {
+      logger.info('shutting down');
+      await cluster?.leave(1000).catch((err: unknown) => logger.warn({ err }, 'cluster leave failed'));
+      await ingest?.stop();
+      await store?.stop();
+      await app.close();
+      await cluster?.stop();
+      logger.info('shutdown complete');
+    })();
+    return stopping;
+  };
+  return { apiAddress, stop } satisfies RunningNode;
+}
+
+/** Entry point for the node modes; returns the process exit code. */
+export async function runNode(mode: NodeMode, argv: string[]): Promise<number> {
+  const specs = await nodeFlagSpecs(mode);
+  let parsed: ReturnType<typeof parseFlags>;
+  try {
+    parsed = parseFlags(specs, argv);
+  } catch (err) {
+    process.stderr.write(`${describeError(err)}\n${usage(`oklog ${mode}`, specs)}`);
+    return 2;
+  }
+  if (parsed.help) {
+    process.stdout.write(usage(`oklog ${mode}`, specs));
+    return 0;
+  }
+  if (parsed.positional.length > 0) {
+    process.stderr.write(`unexpected argument ${JSON.stringify(parsed.positional[0])}\n`);
+    return 2;
+  }
+  const logger = pino(
+    { level: parsed.values.debug ? 'debug' : 'info', base: { mode } },
+    pino.destination({ fd: 2, sync: true }),
+  );
+  let node: RunningNode;
+  try {
+    node = await startNode(mode, parsed.values, parsed.set, logger);
+  } catch (err) {
+    const msg = describeError(err);
+    logger.error({ code: (err as { code?: string }).code }, msg);
+    if (!(err instanceof InvalidArgumentError)) logger.debug({ err }, 'start-up failure');
+    process.stderr.write(`oklog ${mode}: ${msg}\n`);
+    return 1;
+  }
+  return await new Promise<number>((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      logger.info({ signal: sig }, 'received signal');
+      node.stop().then(
+        () => resolve(0),
+        (err) => {
+          logger.error({ err }, 'shutdown failed');
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+}
+
+export const nullStream = new Writable({ write: (_c, _e, cb) => cb() });

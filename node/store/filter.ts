@@ -1,0 +1,93 @@
+// Record filters for queries and streams (reference §4.8), with OK Log's regex bugs fixed:
+// the text matched is topic + payload WITHOUT the trailing newline (so `$` matches at end of
+// line), regexes run on V8's linear-time engine (no pattern can stall a node), and a topic
+// filter selects records of one topic exactly.
+import { setFlagsFromString } from 'node:v8';
+import { InvalidArgumentError } from '../../shared/errors.ts';
+import { isValidTopic, RECORD_PREFIX_LENGTH, SPACE } from '../../shared/record.ts';
+
+// V8's non-backtracking engine (the `l` flag) guarantees linear time, like RE2. It must be
+// enabled before the first `l` RegExp is built; enabling it is idempotent.
+setFlagsFromString('--enable-experimental-regexp-engine');
+
+export interface FilterSpec {
+  /** Search term; empty matches everything. */
+  q: string;
+  regex: boolean;
+  /** Only records of this topic (undefined: every topic). */
+  topic?: string;
+}
+
+/** Decides whether the record in `buf[start..end)` (newline excluded) matches. */
+export type RecordMatcher = (buf: Buffer, start: number, end: number) => boolean;
+
+export class InvalidRegexError extends InvalidArgumentError {
+  constructor(pattern: string, reason: string) {
+    super(`compiling regex: ${reason}`, { pattern });
+    this.name = 'InvalidRegexError';
+  }
+}
+
+/** Compiles a pattern on the linear engine; patterns it cannot run in linear time are rejected. */
+export function compileLinearRegex(pattern: string): RegExp {
+  try {
+    return new RegExp(pattern, 'l');
+  } catch (err) {
+    const msg = (err as Error).message.replace(/^Invalid regular expression: /, '');
+    throw new InvalidRegexError(
+      pattern,
+      /linear|experimental/i.test(msg)
+        ? `${msg} (backreferences and lookaround are not supported: regexes must run in linear time)`
+        : msg,
+    );
+  }
+}
+
+/** `regex` query parameter: present without a value or with a true value means true; `false`/`0` mean false. */
+export function parseRegexParam(value: string | undefined): boolean {
+  if (value === undefined) return false;
+  const v = value.trim().toLowerCase();
+  return !(v === 'false' || v === '0' || v === 'no' || v === 'off');
+}
+
+export function validateTopic(topic: string | undefined): string | undefined {
+  if (topic === undefined || topic === '') return undefined;
+  if (!isValidTopic(topic))
+    throw new InvalidArgumentError(`invalid topic ${JSON.stringify(topic)}`, { topic });
+  return topic;
+}
+
+export function compileFilter(spec: FilterSpec): RecordMatcher {
+  const topic = validateTopic(spec.topic);
+  const topicBuf = topic === undefined ? null : Buffer.from(`${topic} `, 'latin1');
+  const topicOk: RecordMatcher = topicBuf
+    ? (buf, start, end) => {
+        const s = start + RECORD_PREFIX_LENGTH;
+        return (
+          end - s >= topicBuf.length &&
+          buf.compare(topicBuf, 0, topicBuf.length, s, s + topicBuf.length) === 0
+        );
+      }
+    : () => true;
+
+  if (spec.q === '') {
+    return topicBuf
+      ? (buf, start, end) => end - start > RECORD_PREFIX_LENGTH - 1 && topicOk(buf, start, end)
+      : (buf, start, end) =>
+          end - start >= RECORD_PREFIX_LENGTH - 1 && buf[start + RECORD_PREFIX_LENGTH - 1] === SPACE;
+  }
+  if (spec.regex) {
+    const re = compileLinearRegex(spec.q);
+    return (buf, start, end) => {
+      if (end - start < RECORD_PREFIX_LENGTH || !topicOk(buf, start, end)) return false;
+      return re.test(buf.toString('utf8', start + RECORD_PREFIX_LENGTH, end));
+    };
+  }
+  const needle = Buffer.from(spec.q, 'utf8');
+  return (buf, start, end) => {
+    const s = start + RECORD_PREFIX_LENGTH;
+    if (end - s < needle.length || !topicOk(buf, start, end)) return false;
+    // subarray bounds the search to this record (no copy), so a miss never scans past it.
+    return buf.subarray(s, end).indexOf(needle) >= 0;
+  };
+}

@@ -1,0 +1,181 @@
+// Shared test plumbing: free ports, temp dirs, real node processes that are always cleaned up.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+
+/** A TCP port free on 127.0.0.1 right now (bind port 0, read it, close). */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  return await new Promise((res, rej) => {
+    const s = createServer();
+    s.unref();
+    s.on('error', rej);
+    s.listen(0, host, () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      s.close(() => res(port));
+    });
+  });
+}
+
+export async function tempDir(
+  prefix = 'oklog-test-',
+): Promise<{ path: string; cleanup: () => Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), prefix));
+  return { path, cleanup: () => rm(path, { recursive: true, force: true }) };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+export async function waitFor<T>(
+  fn: () => Promise<T> | T,
+  what: string,
+  timeoutMs = 15_000,
+  everyMs = 50,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      lastErr = err;
+    }
+    await sleep(everyMs);
+  }
+  throw new Error(`timed out waiting for ${what}${lastErr ? `: ${(lastErr as Error).message}` : ''}`);
+}
+
+export interface NodePorts {
+  api: number;
+  fast: number;
+  durable: number;
+  bulk: number;
+  cluster: number;
+}
+
+export async function nodePorts(): Promise<NodePorts> {
+  return {
+    api: await freePort(),
+    fast: await freePort(),
+    durable: await freePort(),
+    bulk: await freePort(),
+    cluster: await freePort(),
+  };
+}
+
+/** Flags that put every listener of a node on loopback at the given ports. */
+export function portFlags(p: NodePorts, host = '127.0.0.1'): string[] {
+  return [
+    '-api',
+    `tcp://${host}:${p.api}`,
+    '-ingest.fast',
+    `tcp://${host}:${p.fast}`,
+    '-ingest.durable',
+    `tcp://${host}:${p.durable}`,
+    '-ingest.bulk',
+    `tcp://${host}:${p.bulk}`,
+    '-cluster',
+    `tcp://${host}:${p.cluster}`,
+  ];
+}
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const p of live) {
+    try {
+      if (p.pid) process.kill(-p.pid, 'SIGKILL');
+    } catch {}
+  }
+});
+
+export interface Proc {
+  child: ChildProcess;
+  pid: number;
+  stdout(): string;
+  stderr(): string;
+  /** Resolves with the exit code (or signal name). */
+  exited: Promise<number | string>;
+  kill(signal?: NodeJS.Signals): Promise<number | string>;
+}
+
+/**
+ * Runs `node --import tsx <script> ...args` directly (no npx wrapper), in its own process group,
+ * so killing it kills the real node and nothing is left behind.
+ */
+export function spawnTs(
+  script: string,
+  args: string[],
+  options: { cwd?: string; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {},
+): Proc {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, script), ...args], {
+    cwd: options.cwd ?? ROOT,
+    env: { ...process.env, ...options.env },
+    stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  live.add(child);
+  let out = '';
+  let err = '';
+  child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+  });
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  const exited = new Promise<number | string>((res) => {
+    child.on('exit', (code, sig) => {
+      live.delete(child);
+      res(code ?? sig ?? -1);
+    });
+  });
+  return {
+    child,
+    pid: child.pid ?? -1,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    async kill(signal: NodeJS.Signals = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) {
+        try {
+          process.kill(-(child.pid ?? 0), signal);
+        } catch {}
+      }
+      return exited;
+    },
+  };
+}
+
+/** Starts `oklog <mode>` with loopback ports and waits until /health answers. */
+export async function startOklog(
+  mode: 'ingest' | 'store' | 'ingeststore',
+  args: string[],
+  options: { cwd?: string; ports?: NodePorts; env?: NodeJS.ProcessEnv } = {},
+) {
+  const ports = options.ports ?? (await nodePorts());
+  const proc = spawnTs('cli/oklog.ts', [mode, ...portFlags(ports), ...args], {
+    cwd: options.cwd,
+    env: options.env,
+  });
+  const api = `http://127.0.0.1:${ports.api}`;
+  try {
+    await waitFor(
+      async () => {
+        if (proc.child.exitCode !== null) throw new Error(`node exited early: ${proc.stderr()}`);
+        const r = await fetch(`${api}/health`);
+        return r.ok;
+      },
+      `oklog ${mode} /health`,
+      30_000,
+    );
+  } catch (err) {
+    await proc.kill('SIGKILL');
+    throw new Error(`${(err as Error).message}\n--- stderr ---\n${proc.stderr()}`);
+  }
+  return { proc, ports, api };
+}
