@@ -57,7 +57,14 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
 
   const ingest =
     mode !== 'store'
-      ? await startIngest({ mode, flags: values, fs, logger, registry, clusterState: stateFn })
+      ? await (await loadIngest()).startIngest({
+          mode,
+          flags: values,
+          fs,
+          logger,
+          registry,
+          clusterState: stateFn,
+        })
       : null;
   let store: Awaited<ReturnType<Awaited<ReturnType<typeof loadStore>>['startStore']>> | null = null;
   try {
@@ -87,24 +94,26 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
   const app = await buildApiServer({ logger, registry, plugins });
   let cluster: Awaited<ReturnType<typeof startCluster>> | null = null;
   try {
-    await app.listen({ host: api.host === '' ? '0.0.0.0' : api.host, port: api.port });
-    const bound = app.server.address();
-    const apiPort = typeof bound === 'object' && bound ? bound.port : api.port;
+    // Gossip starts before the API listens: fastify accepts routes only until it is listening, and
+    // the cluster's routes must be registered. The advertised API port is therefore the configured
+    // one (an -api port of 0 would be gossiped as 0).
     cluster = await startCluster({
       bind: String(values.cluster),
       advertiseAddr: String(values['cluster.advertise-addr'] ?? ''),
       seeds: values.peer as string[],
       keyFile: String(values['cluster.key'] ?? ''),
       type: mode,
-      apiPort,
+      apiPort: api.port,
       logger,
       registry,
     });
     peers.target = cluster;
     clusterState = () => cluster?.clusterState();
     await app.register(cluster.routes);
+    await app.listen({ host: api.host === '' ? '0.0.0.0' : api.host, port: api.port });
   } catch (err) {
     await app.close().catch(() => {});
+    await cluster?.stop().catch(() => {});
     await store?.stop();
     await ingest?.stop();
     throw err;

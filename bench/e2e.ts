@@ -1,0 +1,209 @@
+// End-to-end benchmark (issue 3): 2M records of 100–200 B (1% carry a marker) forwarded with
+// `oklog forward` into one ingeststore at default settings, timed until all are queryable; a
+// full-scan marker query against `grep -F -c` over the same stored records; a full export; the
+// latency of one forwarded record; and the node's peak RSS. The raw reference is the same bytes
+// sent over TCP to a process that only writes them to a file, in the same run.
+import { execFile, spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { freePort, spawnTs, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
+
+const execFileP = promisify(execFile);
+const RECORDS = Number(process.env.BENCH_E2E_RECORDS ?? 2_000_000);
+const MARKER = 'ZQXMARKERQZX';
+const ALNUM = 'abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ';
+
+/** Writes RECORDS lines of 100–200 bytes (newline included) to `path`; 1% contain MARKER. */
+async function generate(path: string): Promise<{ bytes: number; markers: number }> {
+  const out = createWriteStream(path);
+  let seed = 12345;
+  const rand = () => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed;
+  };
+  let bytes = 0;
+  let markers = 0;
+  const chunk: string[] = [];
+  for (let i = 0; i < RECORDS; i++) {
+    const len = 100 + (rand() % 101) - 1; // payload without newline: 99..199
+    let s = `${new Date(1_700_000_000_000 + i).toISOString()} svc=${i % 97} req=${i} `;
+    if (i % 100 === 7) {
+      s += `${MARKER} `;
+      markers++;
+    }
+    while (s.length < len) s += ALNUM[rand() % ALNUM.length];
+    s = s.slice(0, len);
+    chunk.push(s);
+    bytes += s.length + 1;
+    if (chunk.length === 10_000) {
+      if (!out.write(`${chunk.join('\n')}\n`)) await new Promise<void>((r) => out.once('drain', () => r()));
+      chunk.length = 0;
+    }
+  }
+  if (chunk.length) out.write(`${chunk.join('\n')}\n`);
+  await new Promise<void>((r, j) => out.end((err?: Error | null) => (err ? j(err) : r())));
+  return { bytes, markers };
+}
+
+/** Raw reference: a node process that writes whatever arrives on a TCP port to a file. */
+const RAW_SINK = `
+const net = require('node:net'); const fs = require('node:fs');
+const out = fs.createWriteStream(process.argv[1]);
+const srv = net.createServer((s) => { s.pipe(out, { end: false }); s.on('end', () => out.end(() => { process.stdout.write('done\\n'); process.exit(0); })); });
+srv.listen(Number(process.argv[2]), '127.0.0.1', () => process.stdout.write('ready\\n'));
+`;
+
+async function rawReference(input: string, dir: string): Promise<number> {
+  const port = await freePort();
+  const sink = spawn(process.execPath, ['-e', RAW_SINK, join(dir, 'raw.out'), String(port)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  sink.stdout.on('data', (d) => {
+    out += d;
+  });
+  await waitFor(() => out.includes('ready'), 'raw sink');
+  const started = process.hrtime.bigint();
+  const send = spawn('bash', ['-c', `exec 3<>/dev/tcp/127.0.0.1/${port}; cat "${input}" >&3; exec 3>&-`], {
+    stdio: 'inherit',
+  });
+  await new Promise((r) => send.on('exit', r));
+  await waitFor(() => out.includes('done'), 'raw sink to finish', 120_000);
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+async function vmHwmMiB(pid: number): Promise<number> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8');
+  const m = /VmHWM:\s+(\d+) kB/.exec(s);
+  return m ? Number(m[1]) / 1024 : Number.NaN;
+}
+
+async function queryCount(
+  api: string,
+  params: Record<string, string>,
+): Promise<{ lines: number; bytes: number; seconds: number }> {
+  const qs = new URLSearchParams(params).toString();
+  const started = process.hrtime.bigint();
+  const res = await fetch(`${api}/store/query?${qs}`);
+  if (!res.ok || !res.body) throw new Error(`query failed: ${res.status}`);
+  let lines = 0;
+  let bytes = 0;
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    bytes += chunk.length;
+    const b = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
+    for (let i = b.indexOf(0x0a); i >= 0; i = b.indexOf(0x0a, i + 1)) lines++;
+  }
+  return { lines, bytes, seconds: Number(process.hrtime.bigint() - started) / 1e9 };
+}
+
+async function headMatched(api: string): Promise<number> {
+  const res = await fetch(`${api}/store/query?from=2000-01-01T00:00:00Z&to=now`, { method: 'HEAD' });
+  return Number(res.headers.get('x-oklog-records-matched') ?? -1);
+}
+
+export async function run(): Promise<string> {
+  const tmp = await tempDir('oklog-bench-e2e-');
+  try {
+    const input = join(tmp.path, 'input.log');
+    process.stderr.write(`generating ${RECORDS} records...\n`);
+    const { bytes, markers } = await generate(input);
+    const mib = bytes / 2 ** 20;
+
+    process.stderr.write('raw reference...\n');
+    const rawSec = await rawReference(input, tmp.path);
+    const rawRate = RECORDS / rawSec;
+
+    process.stderr.write('ingeststore + forward...\n');
+    const node = await startOklog('ingeststore', [
+      '-ingest.path',
+      join(tmp.path, 'ingest'),
+      '-store.path',
+      join(tmp.path, 'store'),
+    ]);
+    try {
+      const started = Date.now();
+      const fwd = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
+      const fh = await open(input);
+      const rs = fh.createReadStream();
+      rs.pipe(fwd.child.stdin!);
+      await fwd.exited;
+      const forwardedSec = (Date.now() - started) / 1000;
+      await waitFor(
+        async () => (await headMatched(node.api)) >= RECORDS,
+        'all records queryable',
+        600_000,
+        500,
+      );
+      const e2eSec = (Date.now() - started) / 1000;
+      const e2eRate = RECORDS / e2eSec;
+
+      // Latency of a single record at default settings.
+      const one = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
+      const tag = `LATENCYPROBE${Date.now()}`;
+      const t0 = Date.now();
+      one.child.stdin!.end(`${tag}\n`);
+      await waitFor(
+        async () =>
+          (await queryCount(node.api, { from: '1m', to: 'now', q: tag }).catch(() => ({ lines: 0 })))
+            .lines === 1,
+        'probe queryable',
+        60_000,
+        100,
+      );
+      const latencySec = (Date.now() - t0) / 1000;
+      await one.kill('SIGKILL');
+
+      // Full-scan query vs grep over the same stored records (files are in the OS cache after the export).
+      const from = '2000-01-01T00:00:00Z';
+      const exp = await queryCount(node.api, { from, to: 'now' });
+      const q = await queryCount(node.api, { from, to: 'now', q: MARKER });
+      const storeDir = join(tmp.path, 'store');
+      const files = (await readdir(storeDir))
+        .filter((f) => f.endsWith('.flushed'))
+        .map((f) => join(storeDir, f));
+      let storedBytes = 0;
+      for (const f of files) storedBytes += (await stat(f)).size;
+      const g0 = process.hrtime.bigint();
+      const grep = await execFileP('grep', ['-F', '-c', '-h', MARKER, ...files], { maxBuffer: 1 << 24 });
+      const grepSec = Number(process.hrtime.bigint() - g0) / 1e9;
+      const grepCount = grep.stdout
+        .trim()
+        .split('\n')
+        .reduce((a, l) => a + Number(l), 0);
+      const rssMiB = await vmHwmMiB(node.proc.pid);
+
+      const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
+      return [
+        '## End to end (issue 3): forward → ingeststore → query',
+        '',
+        `${RECORDS.toLocaleString('en')} records, ${mib.toFixed(0)} MiB (100–200 B each, ${markers} carry the marker), one ingeststore at default settings, \`oklog forward\` over the fast port.`,
+        '',
+        '| measure | oklog | reference | ratio | target |',
+        '| --- | --- | --- | --- | --- |',
+        `| forward until all queryable | ${e2eSec.toFixed(1)} s, ${Math.round(e2eRate).toLocaleString('en')} rec/s, ${(mib / e2eSec).toFixed(1)} MiB/s (stdin drained in ${forwardedSec.toFixed(1)} s) | raw TCP→file ${rawSec.toFixed(2)} s, ${Math.round(rawRate).toLocaleString('en')} rec/s | ${pct(e2eRate / rawRate)} | ≥ 20% |`,
+        `| full-scan marker query (${q.lines} matches) | ${q.seconds.toFixed(3)} s | \`grep -F -c\` ${grepSec.toFixed(3)} s (${grepCount} matches) over ${(storedBytes / 2 ** 20).toFixed(0)} MiB stored | ${pct(grepSec / q.seconds)} of grep's speed | ≥ 50% |`,
+        `| full export | ${exp.seconds.toFixed(2)} s, ${exp.lines.toLocaleString('en')} records, ${(exp.bytes / 2 ** 20 / exp.seconds).toFixed(0)} MiB/s | | | |`,
+        `| latency of one forwarded record | ${latencySec.toFixed(2)} s | | | ≤ 5 s |`,
+        `| ingeststore peak RSS (VmHWM) | ${rssMiB.toFixed(0)} MiB | | | < 300 MiB |`,
+        '',
+        `Correctness in the same run: export returned ${exp.lines} of ${RECORDS} records; the marker query returned ${q.lines} of ${markers}.`,
+      ].join('\n');
+    } finally {
+      await node.proc.kill('SIGTERM');
+    }
+  } finally {
+    await tmp.cleanup();
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  run().then(
+    (s) => process.stdout.write(`${s}\n`),
+    (err) => {
+      process.stderr.write(`${(err as Error).stack}\n`);
+      process.exit(1);
+    },
+  );
+}

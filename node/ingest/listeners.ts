@@ -1,0 +1,218 @@
+// The fast (7651) and durable (7652) TCP listeners (reference §3.1), and the binding and tracking
+// of ingest sockets shared with the bulk listener.
+//
+// One socket read → one framed batch → one writev. Fast mode keeps reading while a write is in
+// flight (batches queue up and go out together) and pauses the socket once 512 KiB are queued.
+// Durable mode pauses the socket for every batch and resumes only after write + fsync: group
+// commit, so a crash loses at most the batch being read and a clean shutdown loses nothing read.
+import { createServer, type Server, type Socket } from 'node:net';
+import { parseAddr } from '../../shared/addr.ts';
+import { InvalidArgumentError } from '../../shared/errors.ts';
+import type { IngestContext } from './context.ts';
+import { ListenError } from './errors.ts';
+import type { Framed, LineFramer } from './line-reader.ts';
+import type { IngestMetrics, Modality } from './metrics.ts';
+import type { Writer } from './writer.ts';
+
+/** Fast mode stops reading a connection once this many framed bytes wait for the disk. */
+const MAX_QUEUED_BYTES = 512 * 1024;
+
+export interface Connection {
+  /** Stops reading, writes and flushes what was read, closes the socket. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Live connections of one node, by modality: the single source of both the
+ * `oklog_connected_clients` gauge and the connection counts of `GET /ingest/stats`, so that SIGTERM
+ * can flush and close each of them. A connection counts until its records are flushed.
+ */
+export class ConnectionSet {
+  private readonly live = new Map<Connection, Modality>();
+  private readonly counts: Record<Modality, number> = { fast: 0, durable: 0, bulk: 0 };
+  constructor(private readonly gauge: IngestMetrics['connectedClients']) {}
+  add(c: Connection, modality: Modality): void {
+    if (this.live.has(c)) return;
+    this.live.set(c, modality);
+    this.counts[modality]++;
+    this.gauge.inc({ modality });
+  }
+  delete(c: Connection): void {
+    const modality = this.live.get(c);
+    if (!modality) return;
+    this.live.delete(c);
+    this.counts[modality]--;
+    this.gauge.dec({ modality });
+  }
+  countsByModality(): Record<Modality, number> {
+    return { ...this.counts };
+  }
+  async shutdownAll(): Promise<void> {
+    await Promise.all([...this.live.keys()].map((c) => c.shutdown()));
+  }
+}
+
+function remoteOf(socket: Socket): string {
+  return `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+}
+
+/** A fast or durable connection: bytes in, records out, nothing sent back (OK Log's wire). */
+export class StreamConnection implements Connection {
+  private readonly framer: LineFramer;
+  private readonly writer: Writer;
+  private readonly durable: boolean;
+  private readonly remote: string;
+  private queue: Buffer[] = [];
+  private queuedRecords = 0;
+  private queuedBytes = 0;
+  private writing: Promise<void> | null = null;
+  private finishing: Promise<void> | null = null;
+  /** Set synchronously when finishing starts: no more reading, no more resuming. */
+  private closing = false;
+  private failed = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly modality: 'fast' | 'durable',
+    private readonly ctx: IngestContext,
+    private readonly set: ConnectionSet,
+  ) {
+    this.durable = modality === 'durable';
+    this.remote = remoteOf(socket);
+    this.framer = ctx.framer();
+    this.writer = ctx.writer();
+    set.add(this, modality);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('end', () => {
+      if (this.closing) return;
+      this.accept(this.framer.end());
+      void this.finish('eof');
+    });
+    // An error (ECONNRESET…) or a close without a clean end cuts the last line: drop it.
+    socket.on('error', (err) => {
+      ctx.logger.debug({ err, remote: this.remote, modality }, 'ingest connection error');
+      void this.finish('reset');
+    });
+    socket.on('close', () => void this.finish('reset'));
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closing) return;
+    const framed = this.framer.push(chunk);
+    this.accept(framed);
+    if (framed.invalidTopic) {
+      // OK Log closes silently; we also log (debug) and count, and keep the records before it.
+      this.ctx.metrics.recordsDropped.inc({ reason: 'invalid_topic' });
+      this.ctx.logger.debug({ remote: this.remote, modality: this.modality }, 'illegal topic name; closing');
+      void this.finish('invalid_topic');
+      return;
+    }
+    if (this.queue.length === 0) return;
+    if (this.durable || this.queuedBytes > MAX_QUEUED_BYTES) this.socket.pause();
+    this.pump();
+  }
+
+  private accept(framed: Framed): void {
+    this.ctx.tooLarge(framed.tooLarge, this.remote, this.modality);
+    if (!framed.buf) return;
+    this.queue.push(framed.buf);
+    this.queuedRecords += framed.records;
+    this.queuedBytes += framed.buf.length;
+  }
+
+  /** Writes everything queued, batch after batch, then resumes reading. */
+  private pump(): Promise<void> {
+    // Started on a later microtask so `writing` is set before drain() can clear it.
+    this.writing ??= Promise.resolve().then(() => this.drain());
+    return this.writing;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0) {
+      const bufs = this.queue;
+      const records = this.queuedRecords;
+      this.queue = [];
+      this.queuedRecords = 0;
+      this.queuedBytes = 0;
+      if (this.failed) {
+        this.ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records);
+        continue;
+      }
+      try {
+        await this.writer.write(bufs, records, this.durable);
+      } catch {
+        // Logged and counted by the writer. Close the connection; the node stays up.
+        this.failed = true;
+        this.socket.destroy();
+      }
+    }
+    this.writing = null; // synchronously with the emptiness check above: nothing is left behind
+    if (!this.closing && this.socket.isPaused()) this.socket.resume();
+  }
+
+  shutdown(): Promise<void> {
+    return this.finish('shutdown');
+  }
+
+  private finish(why: 'eof' | 'reset' | 'invalid_topic' | 'shutdown'): Promise<void> {
+    if (this.finishing) return this.finishing;
+    this.closing = true;
+    this.finishing = this.close(why);
+    return this.finishing;
+  }
+
+  private async close(why: 'eof' | 'reset' | 'invalid_topic' | 'shutdown'): Promise<void> {
+    this.socket.pause();
+    this.socket.removeAllListeners('data');
+    if (why !== 'eof') {
+      const cut = this.framer.discard();
+      if (cut > 0) this.ctx.metrics.recordsDropped.inc({ reason: 'truncated' }, cut);
+    }
+    while (this.writing || this.queue.length > 0) await (this.writing ?? this.pump());
+    await this.writer.close();
+    this.socket.destroy();
+    this.set.delete(this);
+  }
+}
+
+export interface ListenSpec {
+  flag: string;
+  address: string;
+  defaultPort: number;
+  allowHalfOpen?: boolean;
+}
+
+/** Binds a TCP listener or fails with a ListenError naming the flag (fatal at start-up). */
+export async function listen(spec: ListenSpec, onConnection: (socket: Socket) => void): Promise<Server> {
+  const addr = parseAddr(spec.address, spec.defaultPort);
+  if (!['tcp', 'tcp4', 'tcp6'].includes(addr.network))
+    throw new InvalidArgumentError(
+      `-${spec.flag}: unsupported network ${JSON.stringify(addr.network)}; use tcp://host:port`,
+    );
+  const server = createServer({ allowHalfOpen: spec.allowHalfOpen ?? false }, (socket) => {
+    // Without a listener an ECONNRESET would be an uncaught exception and kill the node.
+    socket.on('error', () => {});
+    onConnection(socket);
+  });
+  const host = addr.host === '' ? (addr.network === 'tcp6' ? '::' : '0.0.0.0') : addr.host;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port: addr.port, ipv6Only: addr.network === 'tcp6' }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch((err) => {
+    throw new ListenError(spec.flag, addr.address, err);
+  });
+  server.on('error', () => {}); // accept errors (EMFILE) must not crash the node; libuv retries
+  return server;
+}
+
+export function boundPort(server: Server): number {
+  const a = server.address();
+  return typeof a === 'object' && a ? a.port : 0;
+}
+
+export function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => server.close(() => resolve()));
+}

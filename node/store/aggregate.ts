@@ -1,0 +1,98 @@
+// The consumer's in-memory aggregate (reference §4.1 `active`): the ingest segments gathered in one
+// transaction, to be replicated as one store segment.
+//
+// OK Log merged every new segment into one growing buffer, copying the whole aggregate each time
+// and panicking on a line shorter than a ULID. Here each segment is validated once, on its own,
+// and kept as a sorted run (a Buffer, never strings); the k-way merge with ULID dedupe (§4.4,
+// store A's `mergeSorted`, first copy wins) runs only when the aggregate is sent, streaming
+// slices of the runs, so memory stays at the aggregate's size (bounded by the target size, plus
+// the last segment) and nothing is merged twice. A segment that fails validation is rejected
+// whole and leaves the aggregate untouched, so one bad segment never spoils a batch.
+import { NEWLINE, SPACE } from '../../shared/record.ts';
+import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
+import { SegmentRejectedError } from './consumer-errors.ts';
+import { compareUlid } from './lines.ts';
+import { mergeSorted } from './merge.ts';
+
+/** Shortest acceptable line without its newline: a ULID and the space after it. */
+const MIN_LINE = ULID_LENGTH + 1;
+
+/**
+ * Checks that `buf` is newline-terminated records `<ULID> <text>`, canonical ULIDs, in
+ * non-decreasing order (equal ULIDs are duplicates the merge drops). Returns the record count;
+ * throws SegmentRejectedError naming the first bad line.
+ */
+export function validateRecords(buf: Buffer): number {
+  let pos = 0;
+  let prev = -1;
+  let line = 0;
+  while (pos < buf.length) {
+    line++;
+    const nl = buf.indexOf(NEWLINE, pos);
+    const fail = (what: string) =>
+      new SegmentRejectedError(`line ${line} (byte ${pos}) ${what}`, { line, offset: pos });
+    if (nl < 0) throw fail('does not end with a newline');
+    if (nl - pos < MIN_LINE) throw fail('is shorter than a ULID and a space');
+    if (!isCanonicalUlidAt(buf, pos) || buf[pos + ULID_LENGTH] !== SPACE)
+      throw fail('does not start with a ULID and a space');
+    if (prev >= 0 && compareUlid(buf, pos, buf, prev) < 0)
+      throw fail('is out of order (records must be sorted by ULID)');
+    prev = pos;
+    pos = nl + 1;
+  }
+  return line;
+}
+
+async function* single(buf: Buffer): AsyncGenerator<Buffer> {
+  yield buf;
+}
+
+export class Aggregate {
+  private runs: Buffer[] = [];
+  private bytesIn = 0;
+  private recordsIn = 0;
+  /** Offset-0 ULID of the run holding the smallest first record. */
+  private firstRun: Buffer | null = null;
+
+  /** Bytes gathered (duplicates across segments included). */
+  get bytes(): number {
+    return this.bytesIn;
+  }
+
+  /** Records gathered (duplicates across segments included). */
+  get records(): number {
+    return this.recordsIn;
+  }
+
+  get empty(): boolean {
+    return this.runs.length === 0;
+  }
+
+  /** The smallest ULID gathered: the merged segment's FROM, its placement key. */
+  get firstUlid(): string | null {
+    return this.firstRun === null ? null : this.firstRun.toString('latin1', 0, ULID_LENGTH);
+  }
+
+  /**
+   * Adds one ingest segment after validating it; returns its record count. On
+   * SegmentRejectedError the aggregate is unchanged. The Buffer is kept as it is (not copied).
+   */
+  add(segment: Buffer): number {
+    const n = validateRecords(segment);
+    if (n === 0) return 0;
+    this.runs.push(segment);
+    this.bytesIn += segment.length;
+    this.recordsIn += n;
+    if (this.firstRun === null || compareUlid(segment, 0, this.firstRun, 0) < 0) this.firstRun = segment;
+    return n;
+  }
+
+  /**
+   * The merged, deduplicated records as newline-terminated chunks. Every call merges afresh from
+   * the runs (deterministically, so every replica gets the same bytes); chunks are mostly slices
+   * of the runs, so concurrent uploads share memory instead of copying it.
+   */
+  merged(): AsyncGenerator<Buffer> {
+    return mergeSorted(this.runs.map(single));
+  }
+}

@@ -1,0 +1,223 @@
+// The store subsystem (reference §1.5, §4): flags, and startStore, which opens the store log
+// (lock + recovery), starts the compacter and the segment consumers, and provides the /store
+// routes (replicate, query, stream, stats).
+import { join } from 'node:path';
+import type { FastifyPluginAsync } from 'fastify';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import { InvalidArgumentError } from '../../shared/errors.ts';
+import type { FlagSpec, FlagValues } from '../../shared/flags.ts';
+import { parseDuration } from '../../shared/time.ts';
+import type { Peers } from '../cluster/peers.ts';
+import type { FileSystem } from '../fs/index.ts';
+import { Compactor } from './compactor.ts';
+import { createConsumerMetrics, SegmentConsumer } from './consumer.ts';
+import { Fanout } from './fanout.ts';
+import { createStoreMetrics } from './metrics.ts';
+import { SegmentPublisher } from './publish.ts';
+import { openStoreLog } from './recovery.ts';
+import { storeRoutes } from './routes.ts';
+import { ScanPool } from './scan-pool.ts';
+import type { StoreLog } from './store-log.ts';
+import { createStreamMetrics, StreamRegistry } from './stream.ts';
+import { streamRoutes } from './stream-routes.ts';
+
+export type { StoreLog } from './store-log.ts';
+
+export function storeFlagSpecs(_mode: string): FlagSpec[] {
+  return [
+    {
+      name: 'store.path',
+      kind: 'string',
+      default: 'data/store',
+      help: 'path holding segment files for storage tier',
+    },
+    {
+      name: 'store.segment-consumers',
+      kind: 'int',
+      default: 1,
+      help: 'concurrent segment consumers',
+    },
+    {
+      name: 'store.segment-target-size',
+      kind: 'int',
+      default: 134217728,
+      help: 'try to keep store segments about this size',
+    },
+    {
+      name: 'store.segment-target-age',
+      kind: 'duration',
+      default: '3s',
+      help: 'replicate once the aggregate segment is this old',
+    },
+    {
+      name: 'store.segment-delay',
+      kind: 'duration',
+      default: '100ms',
+      help: 'request next segment files after this delay',
+    },
+    {
+      name: 'store.segment-buffer-size',
+      kind: 'int',
+      default: 1048576,
+      help: 'per-segment in-memory read buffer during queries',
+    },
+    {
+      name: 'store.segment-replication-factor',
+      kind: 'int',
+      default: 2,
+      help: 'how many copies of each segment to replicate',
+    },
+    {
+      name: 'store.segment-retain',
+      kind: 'duration',
+      default: '168h0m0s',
+      help: 'retention period for segment files',
+    },
+    {
+      name: 'store.segment-purge',
+      kind: 'duration',
+      default: '24h0m0s',
+      help: 'purge deleted segment files after this long',
+    },
+    {
+      name: 'store.query-concurrency',
+      kind: 'int',
+      default: 4,
+      help: 'segment files a query reads ahead at once (beyond the batch being merged)',
+    },
+    {
+      name: 'ui.local',
+      kind: 'bool',
+      default: false,
+      help: 'ignore embedded files and go straight to the filesystem',
+    },
+  ];
+}
+
+export interface StartStoreOptions {
+  mode: string;
+  flags: FlagValues;
+  fs: FileSystem;
+  logger: Logger;
+  registry: Registry;
+  peers: Peers;
+  clusterState: () => unknown;
+  now?: () => number;
+}
+
+export interface StoreHandle {
+  routes: FastifyPluginAsync;
+  stop(): Promise<void>;
+  log: StoreLog;
+}
+
+function intFlag(flags: FlagValues, name: string, min: number): number {
+  const v = Number(flags[name]);
+  if (!Number.isSafeInteger(v) || v < min)
+    throw new InvalidArgumentError(
+      `-${name} must be an integer ≥ ${min}, got ${JSON.stringify(flags[name])}`,
+    );
+  return v;
+}
+
+function durationFlag(flags: FlagValues, name: string, min: number): number {
+  const raw = String(flags[name]);
+  let ms: number;
+  try {
+    ms = parseDuration(raw);
+  } catch {
+    throw new InvalidArgumentError(`-${name}: invalid duration ${JSON.stringify(raw)}`);
+  }
+  if (ms < min) throw new InvalidArgumentError(`-${name} must be at least ${min} ms, got ${raw}`);
+  return ms;
+}
+
+export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> {
+  const { flags, logger, registry } = opts;
+  const now = opts.now ?? Date.now;
+  const consumersN = intFlag(flags, 'store.segment-consumers', 0);
+  const targetSize = intFlag(flags, 'store.segment-target-size', 1);
+  const bufferSize = intFlag(flags, 'store.segment-buffer-size', 1);
+  const replicationFactor = intFlag(flags, 'store.segment-replication-factor', 1);
+  const queryConcurrency = intFlag(flags, 'store.query-concurrency', 1);
+  const targetAge = durationFlag(flags, 'store.segment-target-age', 0);
+  const delay = durationFlag(flags, 'store.segment-delay', 1);
+  const retainMs = durationFlag(flags, 'store.segment-retain', 1);
+  const purgeMs = durationFlag(flags, 'store.segment-purge', 0);
+
+  // The consumer registers its metrics first; ours reuse the replicated_* ones it shares.
+  const consumerMetrics = createConsumerMetrics(registry);
+  const streamMetrics = createStreamMetrics(registry);
+  const metrics = createStoreMetrics(registry);
+
+  const log = await openStoreLog({ fs: opts.fs, root: String(flags['store.path']), logger, now });
+  const streams = new StreamRegistry({ logger, metrics: streamMetrics });
+  // Reading a new segment back for live streams is skipped while nobody is streaming.
+  const publisher = new SegmentPublisher(log, streams, logger, () => streams.hasSubscribers());
+  const fanout = new Fanout({ logger });
+  // Scan workers for the real filesystem; started now so the first query does not wait for them.
+  const pool = opts.fs.kind === 'real' ? new ScanPool(logger) : undefined;
+  void pool?.prewarm();
+  const compactor = new Compactor({ log, logger, metrics, targetSize, retainMs, purgeMs, now, bufferSize });
+  const consumers = Array.from(
+    { length: consumersN },
+    () =>
+      new SegmentConsumer({
+        peers: opts.peers,
+        replicationFactor,
+        targetSize,
+        targetAge,
+        delay,
+        logger,
+        metrics: consumerMetrics,
+        now,
+        // Segments that repeatedly fail to merge are set aside here (see quarantine.ts); the
+        // store log reads only files directly in its directory.
+        quarantine: { fs: opts.fs, dir: join(log.root, 'quarantine') },
+      }),
+  );
+  compactor.start();
+  for (const c of consumers) c.start();
+  logger.info(
+    { path: log.root, segments: log.stats().segments.count, consumers: consumersN, replicationFactor },
+    'store started',
+  );
+
+  const routes: FastifyPluginAsync = async (app) => {
+    await app.register(
+      storeRoutes({
+        log,
+        peers: opts.peers,
+        fanout,
+        metrics,
+        logger,
+        clusterState: opts.clusterState,
+        queryConcurrency,
+        bufferSize,
+        pool,
+        onReplicated: (entry) => publisher.enqueue(entry),
+      }),
+    );
+    await app.register(streamRoutes({ registry: streams, peers: opts.peers, logger }));
+  };
+
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    stopping ??= (async () => {
+      // OK Log's order: consumers fail what they hold, the compacter stops, streams close,
+      // then the log waits for writes in flight and releases its LOCK.
+      await Promise.all(
+        consumers.map((c) => c.stop().catch((err: unknown) => logger.warn({ err }, 'consumer stop'))),
+      );
+      await compactor.stop();
+      await streams.close().catch((err: unknown) => logger.warn({ err }, 'stream registry close'));
+      await publisher.drain();
+      fanout.close();
+      await pool?.close();
+      await log.close();
+    })();
+    return stopping;
+  };
+  return { routes, stop, log };
+}

@@ -1,0 +1,101 @@
+// The store's Prometheus metrics (reference §10), registered on the node's registry. Metrics the
+// consumer also uses (`oklog_store_replicated_*{direction}`) are shared: whoever registers first
+// creates them, the other reuses them.
+import { Counter, Histogram, type Registry } from 'prom-client';
+
+export interface StoreMetrics {
+  compactDuration: Histogram<'kind' | 'compacted' | 'result'>;
+  trashedSegments: Counter<'success'>;
+  purgedSegments: Counter<'success'>;
+  replicatedSegments: Counter<'direction'>;
+  replicatedBytes: Counter<'direction'>;
+  replicateRejected: Counter;
+  queries: Counter<'kind' | 'result'>;
+}
+
+function shared<T>(registry: Registry, name: string, make: () => T): T {
+  return (registry.getSingleMetric(name) as T | undefined) ?? make();
+}
+
+export function createStoreMetrics(registry: Registry): StoreMetrics {
+  const registers = [registry];
+  return {
+    compactDuration: shared(
+      registry,
+      'oklog_store_compact_duration_seconds',
+      () =>
+        new Histogram({
+          name: 'oklog_store_compact_duration_seconds',
+          help: 'Duration of each compaction in seconds.',
+          labelNames: ['kind', 'compacted', 'result'],
+          buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+          registers,
+        }),
+    ),
+    trashedSegments: shared(
+      registry,
+      'oklog_store_trashed_segments',
+      () =>
+        new Counter({
+          name: 'oklog_store_trashed_segments',
+          help: 'Segments moved to trash.',
+          labelNames: ['success'],
+          registers,
+        }),
+    ),
+    purgedSegments: shared(
+      registry,
+      'oklog_store_purged_segments',
+      () =>
+        new Counter({
+          name: 'oklog_store_purged_segments',
+          help: 'Segments purged from trash.',
+          labelNames: ['success'],
+          registers,
+        }),
+    ),
+    replicatedSegments: shared(
+      registry,
+      'oklog_store_replicated_segments',
+      () =>
+        new Counter({
+          name: 'oklog_store_replicated_segments',
+          help: 'Segments replicated, by direction i.e. ingress or egress.',
+          labelNames: ['direction'],
+          registers,
+        }),
+    ),
+    replicatedBytes: shared(
+      registry,
+      'oklog_store_replicated_bytes',
+      () =>
+        new Counter({
+          name: 'oklog_store_replicated_bytes',
+          help: 'Segments replicated, by direction i.e. ingress or egress, in bytes.',
+          labelNames: ['direction'],
+          registers,
+        }),
+    ),
+    replicateRejected: shared(
+      registry,
+      'oklog_store_replicate_rejected_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_replicate_rejected_total',
+          help: 'Replication requests rejected because the body was not valid sorted records.',
+          registers,
+        }),
+    ),
+    queries: shared(
+      registry,
+      'oklog_store_queries_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_queries_total',
+          help: 'Queries answered, by kind (query = fan-out, node = _query) and result.',
+          labelNames: ['kind', 'result'],
+          registers,
+        }),
+    ),
+  };
+}

@@ -1,0 +1,405 @@
+// Reading segment files: a chunked reader (reused buffers, the next reads in flight while the
+// current chunk is searched) and the scan that filters records out of it. This is the query hot
+// path, built like grep: a plain term is searched for in the whole chunk first (Buffer#indexOf),
+// and only a hit costs finding its line's bounds; lines without the term are never looked at.
+import { type FileHandle, open } from 'node:fs/promises';
+import { NEWLINE } from '../../shared/record.ts';
+import { ULID_LENGTH } from '../../shared/ulid.ts';
+import type { FileSystem } from '../fs/index.ts';
+import type { RecordMatcher } from './filter.ts';
+import { compareUlid, countLines } from './lines.ts';
+
+/** Sequential chunks of a file. A returned Buffer is valid only until the next call. */
+export interface ChunkReader {
+  next(): Promise<Buffer | null>;
+  close(): Promise<void>;
+}
+
+const MIN_CHUNK = 64 * 1024;
+
+/**
+ * Positional reads on a real file, READ_AHEAD of them in flight while a chunk is scanned: reads
+ * run on libuv's thread pool, so on a loaded machine one read at a time leaves the scan idle.
+ * Buffers are reused in a ring (they stay small enough to be cache-hot when scanned).
+ */
+const READ_AHEAD = 3;
+
+class FileChunkReader implements ChunkReader {
+  private readonly bufs: Buffer[];
+  private readonly inflight: { buf: Buffer; pos: number; done: Promise<number> }[] = [];
+  private next_ = 0;
+  private position = 0;
+  private eof = false;
+  private closed = false;
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly size: number,
+  ) {
+    this.bufs = Array.from({ length: READ_AHEAD + 1 }, () => Buffer.allocUnsafe(size));
+  }
+  private issue(): void {
+    // The ring slot read into now was handed out READ_AHEAD + 1 calls ago, or never.
+    const buf = this.bufs[this.next_];
+    this.next_ = (this.next_ + 1) % this.bufs.length;
+    const pos = this.position;
+    this.position += this.size;
+    const done = this.fh.read(buf, 0, this.size, pos).then((r) => r.bytesRead);
+    done.catch(() => {}); // awaited later, or dropped on close: never unhandled
+    this.inflight.push({ buf, pos, done });
+  }
+  async next(): Promise<Buffer | null> {
+    if (this.closed || this.eof) return null;
+    while (this.inflight.length < READ_AHEAD) this.issue();
+    const r = this.inflight.shift()!;
+    const n = await r.done;
+    if (n < this.size) {
+      // End of file (or a short read): reads issued beyond it are dropped and, if the file goes
+      // on, reissued from where this one stopped.
+      for (const x of this.inflight.splice(0)) await x.done.catch(() => 0);
+      this.position = r.pos + n;
+      this.next_ = (this.bufs.indexOf(r.buf) + 1) % this.bufs.length;
+      if (n === 0) {
+        this.eof = true;
+        return null;
+      }
+    }
+    this.issue();
+    return r.buf.subarray(0, n);
+  }
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const x of this.inflight.splice(0)) await x.done.catch(() => 0);
+    await this.fh.close().catch(() => {});
+  }
+}
+
+/** Any FileSystem: its read stream's chunks. */
+class StreamChunkReader implements ChunkReader {
+  private readonly it: AsyncIterator<Buffer>;
+  private readonly stream: NodeJS.ReadableStream & { destroy(): void };
+  constructor(fs: FileSystem, path: string, size: number) {
+    this.stream = fs.createReadStream(path, { highWaterMark: size }) as NodeJS.ReadableStream & {
+      destroy(): void;
+    };
+    this.it = (this.stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  }
+  async next(): Promise<Buffer | null> {
+    const r = await this.it.next();
+    return r.done ? null : r.value;
+  }
+  async close(): Promise<void> {
+    this.stream.destroy();
+  }
+}
+
+/**
+ * Opens a segment for reading. `path` is asked again when the file is not found, because the
+ * compacter may have renamed it (`.flushed` → `.reading` → …) between selection and open; the
+ * store log keeps the current name and defers deletion while a query holds the segment.
+ */
+export async function openChunkReader(
+  fs: FileSystem,
+  path: () => string,
+  chunkSize: number,
+): Promise<ChunkReader> {
+  const size = Math.max(MIN_CHUNK, chunkSize);
+  if (fs.kind !== 'real') return new StreamChunkReader(fs, path(), size);
+  for (let attempt = 0; ; attempt++) {
+    const p = path();
+    try {
+      return new FileChunkReader(await open(p, 'r'), size);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 4 || path() === p) throw err;
+    }
+  }
+}
+
+export interface ScanFilter {
+  /** Decides on one record `buf[start..end)` (newline excluded). */
+  matcher: RecordMatcher;
+  /**
+   * Bytes every matching record contains (the plain term, or `topic ` for a topic filter): the
+   * scan searches for them across the chunk and looks at a line only around a hit.
+   */
+  needle: Buffer | null;
+  /** Every record matches (no term, no topic): ranges are copied without looking at lines. */
+  all: boolean;
+  /** Inclusive ULID bounds, 26 bytes each. */
+  from: Buffer;
+  to: Buffer;
+}
+
+const MIN_LINE = ULID_LENGTH + 1;
+
+/**
+ * Collects matched line ranges of the current chunk, coalescing adjacent ones, then copies them
+ * out in one go (the reader reuses its buffers).
+ */
+export class Collector {
+  private parts: Buffer[] = [];
+  private bytes = 0;
+  private runBuf: Buffer | null = null;
+  private runStart = 0;
+  private runEnd = 0;
+  add(buf: Buffer, start: number, end: number): void {
+    if (buf === this.runBuf && start === this.runEnd) {
+      this.runEnd = end;
+      return;
+    }
+    this.flushRun();
+    this.runBuf = buf;
+    this.runStart = start;
+    this.runEnd = end;
+  }
+  private flushRun(): void {
+    if (this.runBuf === null) return;
+    this.parts.push(this.runBuf.subarray(this.runStart, this.runEnd));
+    this.bytes += this.runEnd - this.runStart;
+    this.runBuf = null;
+  }
+  /** Bytes collected so far. */
+  get size(): number {
+    return this.bytes + (this.runBuf === null ? 0 : this.runEnd - this.runStart);
+  }
+
+  /** Counts the records collected (instead of copying them) and resets. */
+  countAndClear(): number {
+    this.flushRun();
+    let n = 0;
+    for (const p of this.parts) n += countLines(p);
+    this.parts = [];
+    this.bytes = 0;
+    return n;
+  }
+
+  /** Copies everything collected into `target` at `off` (it must fit), resets, returns the count. */
+  takeInto(target: Buffer, off: number): number {
+    this.flushRun();
+    let n = 0;
+    for (const p of this.parts) n += p.copy(target, off + n);
+    this.parts = [];
+    this.bytes = 0;
+    return n;
+  }
+
+  /** A fresh copy of everything collected (or null), and reset. */
+  take(alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer | null {
+    this.flushRun();
+    if (this.bytes === 0) return null;
+    const out = alloc(this.bytes);
+    let off = 0;
+    for (const p of this.parts) off += p.copy(out, off);
+    this.parts = [];
+    this.bytes = 0;
+    return out;
+  }
+}
+
+/** A region scan's answer: stop (records past `to`; files are sorted), or where to resume. */
+export const STOP = -1;
+/** CPU time a scan may take before it lets other requests run (a regex over long lines is slow). */
+const SLICE_MS = 10;
+/** Lines (or hits) between clock reads. */
+const CLOCK_EVERY = 32;
+/** Bytes sampled to choose a rare needle byte. */
+const RARE_SAMPLE = 64 * 1024;
+/**
+ * A byte is rare enough for the memchr strategy below one occurrence per this many bytes (a false
+ * hit costs about as much as indexOf scanning a thousand bytes).
+ */
+const RARE_DENSITY = 1024;
+
+export class Scanner {
+  /** True when the segment lies inside [from, to]: no per-record time checks. */
+  private readonly timeAll: boolean;
+  /** Offset in the needle of the rare byte searched first; -1: plain indexOf; -2: not chosen yet. */
+  private rareAt = -2;
+  constructor(
+    private readonly f: ScanFilter,
+    low: Buffer,
+    high: Buffer,
+    private readonly out: Collector,
+  ) {
+    this.timeAll = compareUlid(low, 0, f.from, 0) >= 0 && compareUlid(high, 0, f.to, 0) <= 0;
+  }
+
+  /**
+   * Scans the whole lines in `buf[start..end)` (`end` just past a newline) until done (returns
+   * `end`), past `to` (STOP) or past `deadline` (returns where to resume).
+   */
+  region(buf: Buffer, start: number, end: number, deadline: number): number {
+    const f = this.f;
+    if (!this.timeAll) {
+      // Sorted files: skip a region wholly before `from`, stop at one wholly after `to`.
+      if (compareUlid(buf, start, f.to, 0) > 0) return STOP;
+      const lastStart = end - 1 > start ? buf.lastIndexOf(NEWLINE, end - 2) + 1 : start;
+      if (compareUlid(buf, Math.max(start, lastStart), f.from, 0) < 0) return end;
+    }
+    if (f.all && this.timeAll) {
+      this.out.add(buf, start, end);
+      return end;
+    }
+    return f.needle !== null && !f.all
+      ? this.byNeedle(buf, start, end, f.needle, deadline)
+      : this.byLine(buf, start, end, deadline);
+  }
+
+  /**
+   * Plain-term search. Buffer#indexOf (Horspool) is fast when the term's bytes are rare and slow
+   * when they are not, so, like grep and the memchr crate, the scan may instead look for the
+   * term's rarest byte (a memchr) and compare the term around each hit. "Rarest" is measured on
+   * the segment's first bytes; if that byte then turns out common (too many false hits), the scan
+   * goes back to indexOf for good.
+   */
+  private byNeedle(buf: Buffer, start: number, end: number, needle: Buffer, deadline: number): number {
+    const f = this.f;
+    if (this.rareAt === -2) this.chooseRare(buf, start, end, needle);
+    const len = needle.length;
+    const rareAt = this.rareAt;
+    const rare = needle[Math.max(0, rareAt)];
+    let candidates = 0;
+    let pos = start;
+    let hits = 0;
+    while (pos < end) {
+      let i: number;
+      if (this.rareAt >= 0) {
+        const j = buf.indexOf(rare, pos + rareAt);
+        if (j < 0 || j >= end) break;
+        i = j - rareAt;
+        if (++candidates > 64 && candidates * RARE_DENSITY > j - start) this.rareAt = -1; // too common
+        if (i + len > end || buf.compare(needle, 0, len, i, i + len) !== 0) {
+          pos = i + 1;
+          continue;
+        }
+      } else {
+        i = buf.indexOf(needle, pos);
+        if (i < 0 || i >= end) break;
+      }
+      const ls = i === 0 ? 0 : Math.max(start, buf.lastIndexOf(NEWLINE, i - 1) + 1);
+      const le = buf.indexOf(NEWLINE, i);
+      pos = le + 1;
+      if (le - ls < MIN_LINE) continue;
+      if (!this.timeAll) {
+        if (compareUlid(buf, ls, f.to, 0) > 0) return STOP;
+        if (compareUlid(buf, ls, f.from, 0) < 0) continue;
+      }
+      if (f.matcher(buf, ls, le)) this.out.add(buf, ls, le + 1);
+      if (++hits % CLOCK_EVERY === 0 && performance.now() > deadline) return pos;
+    }
+    return end;
+  }
+
+  /** Picks the needle byte least frequent in a sample of the data, if it is rare enough. */
+  private chooseRare(buf: Buffer, start: number, end: number, needle: Buffer): void {
+    this.rareAt = -1;
+    if (needle.length < 2) return; // indexOf of one byte is already a memchr
+    const n = Math.min(end - start, RARE_SAMPLE);
+    const counts = new Uint32Array(256);
+    for (let i = start; i < start + n; i++) counts[buf[i]]++;
+    let best = 0;
+    for (let i = 1; i < needle.length; i++) if (counts[needle[i]] < counts[needle[best]]) best = i;
+    if (n >= 4096 && counts[needle[best]] * RARE_DENSITY < n) this.rareAt = best;
+  }
+
+  private byLine(buf: Buffer, start: number, end: number, deadline: number): number {
+    const f = this.f;
+    // A regex can cost microseconds per line: read the clock on every line then.
+    const every = f.all ? CLOCK_EVERY : 1;
+    let ls = start;
+    let lines = 0;
+    while (ls < end) {
+      const le = buf.indexOf(NEWLINE, ls);
+      const next = le + 1;
+      if (le - ls >= MIN_LINE) {
+        if (!this.timeAll) {
+          if (compareUlid(buf, ls, f.to, 0) > 0) return STOP;
+          if (compareUlid(buf, ls, f.from, 0) < 0) {
+            ls = next;
+            continue;
+          }
+        }
+        if (f.all || f.matcher(buf, ls, le)) this.out.add(buf, ls, next);
+      }
+      ls = next;
+      if (++lines % every === 0 && performance.now() > deadline) return ls;
+    }
+    return end;
+  }
+
+  /** Scans a region to its end, pausing between slices; false once past `to`. */
+  async scan(buf: Buffer, start: number, end: number): Promise<boolean> {
+    let pos = start;
+    while (pos < end) {
+      pos = this.region(buf, pos, end, performance.now() + SLICE_MS);
+      if (pos === STOP) return false;
+      if (pos < end) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return true;
+  }
+}
+
+/** A growable buffer holding a line split across chunks. */
+export class Carry {
+  buf = Buffer.allocUnsafe(4096);
+  len = 0;
+  append(src: Buffer, start: number, end: number): void {
+    const n = end - start;
+    if (this.len + n > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.len + n));
+      this.buf.copy(bigger, 0, 0, this.len);
+      this.buf = bigger;
+    }
+    src.copy(this.buf, this.len, start, end);
+    this.len += n;
+  }
+}
+
+export interface ScanOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * Streams the records of one sorted segment that match `filter`, as fresh Buffers of whole
+ * lines (one per chunk read, at most about a chunk each). `low`/`high` are the segment's name
+ * bounds. Closes the reader when done, on error, or when the consumer stops early.
+ */
+export async function* scanSegment(
+  reader: ChunkReader,
+  filter: ScanFilter,
+  low: Buffer,
+  high: Buffer,
+  opts: ScanOptions = {},
+): AsyncGenerator<Buffer> {
+  const out = new Collector();
+  const scanner = new Scanner(filter, low, high, out);
+  const carry = new Carry();
+  try {
+    for (;;) {
+      if (opts.signal?.aborted) return;
+      const chunk = await reader.next();
+      if (chunk === null) break; // a final line without a newline is a torn write: not a record
+      let start = 0;
+      let more = true;
+      if (carry.len > 0) {
+        const nl = chunk.indexOf(NEWLINE);
+        if (nl < 0) {
+          carry.append(chunk, 0, chunk.length);
+          continue;
+        }
+        carry.append(chunk, 0, nl + 1);
+        more = await scanner.scan(carry.buf, 0, carry.len);
+        carry.len = 0;
+        start = nl + 1;
+      }
+      const end = more ? chunk.lastIndexOf(NEWLINE) + 1 : start;
+      if (more && end > start) more = await scanner.scan(chunk, start, end);
+      const found = out.take();
+      if (found !== null) yield found;
+      if (!more) return;
+      if (end < chunk.length) carry.append(chunk, Math.max(end, start), chunk.length);
+    }
+  } finally {
+    await reader.close();
+  }
+}

@@ -1,0 +1,279 @@
+// `oklog forward` as a real process against real sockets: a TCP sink for the fast port and a
+// fake `/ingest/write` for -ack.
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { freePort, sleep, waitFor } from '../helpers/index.ts';
+import {
+  FakeHttp,
+  lineNumbers,
+  metric,
+  numberedLines,
+  run,
+  startForward,
+  TcpSink,
+  writeStdin,
+} from './helpers.ts';
+
+const sinks: TcpSink[] = [];
+const servers: FakeHttp[] = [];
+after(async () => {
+  for (const s of sinks) await s.close();
+  for (const s of servers) await s.close();
+});
+
+async function sink(port?: number): Promise<TcpSink> {
+  const s = await TcpSink.start(port);
+  sinks.push(s);
+  return s;
+}
+
+/** Every number 1..n appears at least once and the received order never goes backwards except
+ *  where a resend starts (a reconnect); returns the number of duplicates. */
+function checkAtLeastOnce(nums: number[], n: number): number {
+  const seen = new Set(nums);
+  for (let i = 1; i <= n; i++) assert.ok(seen.has(i), `line ${i} lost`);
+  assert.ok(!seen.has(-1), 'garbled line');
+  return nums.length - seen.size;
+}
+
+test('100k lines arrive exactly, in order; % and binary bytes untouched; CRLF → LF; -prefix', async () => {
+  const s = await sink();
+  const lines: Buffer[] = [];
+  const expected: Buffer[] = [];
+  for (let i = 0; i < 100_000; i++) {
+    const text = Buffer.from(`${i} 100% done %s %d %!x `);
+    const bin = Buffer.from([i & 0xff, 0x00, 0xff, 0x80, 0xc3, 0x28]);
+    const body = Buffer.concat([text, bin]).map((c) => (c === 0x0a ? 0x0b : c)) as Buffer;
+    const crlf = i % 3 === 0;
+    lines.push(body, Buffer.from(crlf ? '\r\n' : '\n'));
+    expected.push(Buffer.from('app=web env=prod '), body, Buffer.from('\n'));
+  }
+  const input = Buffer.concat(lines);
+  const r = await run('cli/oklog.ts', ['forward', '-prefix', 'app=web', '-prefix', 'env=prod', s.address], {
+    input,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  await waitFor(() => s.bytes >= Buffer.concat(expected).length, 'all bytes at the sink');
+  assert.ok(s.raw().equals(Buffer.concat(expected)), 'byte-exact stream');
+  assert.equal(s.connections.length, 1);
+});
+
+test('several ingesters: a dead one is skipped; a failing one hands over to the next', async () => {
+  const a = await sink();
+  const b = await sink();
+  const dead = await freePort();
+  const p = startForward([`127.0.0.1:${dead}`, a.address, b.address]);
+  try {
+    await writeStdin(p, numberedLines(20_000));
+    await waitFor(() => a.lines().length + b.lines().length >= 20_000, 'first half delivered');
+    // Whichever sink is in use goes away; the forwarder must move to the other one.
+    const used = a.bytes > 0 ? a : b;
+    const other = used === a ? b : a;
+    await used.close();
+    await writeStdin(p, numberedLines(20_000, 'payload', 20_001));
+    p.child.stdin!.end();
+    assert.equal(await p.exited, 0, p.stderr());
+    const nums = lineNumbers([...used.lines(), ...other.lines()]);
+    checkAtLeastOnce(nums, 40_000);
+    assert.ok(other.lines().length > 0, 'the other ingester took over');
+    assert.match(p.stderr(), /connection lost/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('ingester restart mid-stream: reconnects, the record in flight and the window are resent', async () => {
+  const s = await sink();
+  const p = startForward([s.address]);
+  try {
+    await writeStdin(p, numberedLines(30_000));
+    await waitFor(() => s.lines().length >= 30_000, 'first batch delivered');
+    await s.close();
+    // Written while the ingester is down: must wait in the buffer, then arrive.
+    await writeStdin(p, numberedLines(30_000, 'payload', 30_001));
+    await sleep(300);
+    await s.listen();
+    await writeStdin(p, numberedLines(30_000, 'payload', 60_001));
+    p.child.stdin!.end();
+    assert.equal(await p.exited, 0, p.stderr());
+    const nums = lineNumbers(s.lines());
+    const dups = checkAtLeastOnce(nums, 90_000);
+    // In order within each connection.
+    const second = lineNumbers(
+      Buffer.concat(s.connections.at(-1)!).toString('latin1').split('\n').slice(0, -1),
+    );
+    for (let i = 1; i < second.length; i++) assert.ok(second[i] > second[i - 1], 'ordered after reconnect');
+    // 21-byte lines; the window keeps whole writes of up to 256 KiB beyond its 4 MiB.
+    assert.ok(dups * 21 <= 4 * 1024 * 1024 + 256 * 1024, `duplicates bounded by the resend window: ${dups}`);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('drop-oldest with a stalled ingester drops and counts; the rest arrives in order', async () => {
+  const s = await sink();
+  s.pause();
+  const apiPort = await freePort();
+  const total = 600_000;
+  const p = startForward([
+    '-buffer-size',
+    '1000',
+    '-on-full',
+    'drop-oldest',
+    '-resend-window',
+    '0',
+    '-api',
+    `127.0.0.1:${apiPort}`,
+    s.address,
+  ]);
+  try {
+    const input = numberedLines(total, 'x'.repeat(20));
+    await writeStdin(p, input);
+    p.child.stdin!.end();
+    const metrics = `http://127.0.0.1:${apiPort}/metrics`;
+    const dropped = await waitFor(async () => {
+      const v = await metric(metrics, 'oklog_forward_dropped_records_total{reason="buffer_full"}');
+      return Math.max(v, 0);
+    }, 'drops counted');
+    assert.ok(dropped > 0);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/health`)).status, 200);
+    s.resume();
+    assert.equal(await p.exited, 0, p.stderr());
+    const nums = lineNumbers(s.lines());
+    for (let i = 1; i < nums.length; i++) assert.ok(nums[i] > nums[i - 1], 'a subsequence in order');
+    assert.equal(nums.at(-1), total, 'the newest record arrives');
+    const m = /dropped records in total" buffer_full=(\d+)/.exec(p.stderr());
+    assert.ok(m, p.stderr());
+    assert.equal(nums.length + Number(m[1]), total, 'received + dropped = sent');
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('block mode applies backpressure: stdin is not consumed while the ingester stalls', async () => {
+  const s = await sink();
+  s.pause();
+  const total = 600_000;
+  const p = startForward(['-buffer-size', '1000', s.address]);
+  try {
+    const input = numberedLines(total, 'x'.repeat(20));
+    let consumed = false;
+    const written = writeStdin(p, input).then(() => {
+      consumed = true;
+    });
+    await sleep(1500);
+    assert.equal(consumed, false, 'the forwarder stopped reading stdin');
+    s.resume();
+    await written;
+    p.child.stdin!.end();
+    assert.equal(await p.exited, 0, p.stderr());
+    assert.ok(s.raw().equals(input), 'everything, exactly, in order');
+    assert.doesNotMatch(p.stderr(), /dropped/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('-max-record-size drops longer lines with a count, not an exit', async () => {
+  const s = await sink();
+  const input = `short\n${'y'.repeat(5000)}\nafter\n${'z'.repeat(200)}`;
+  const r = await run('cli/oklog.ts', ['forward', '-max-record-size', '100', s.address], { input });
+  assert.equal(r.code, 0, r.stderr);
+  await waitFor(() => s.lines().length >= 2, 'lines');
+  assert.deepEqual(s.lines(), ['short', 'after']);
+  assert.match(r.stderr, /too_long=2/);
+});
+
+test('tcp+dns:// resolves (and -topic becomes the first prefix word)', async () => {
+  const s = await sink();
+  const r = await run('cli/oklog.ts', ['forward', '-topic', 'web', `tcp+dns://localhost:${s.port}`], {
+    input: 'hello\n',
+  });
+  assert.equal(r.code, 0, r.stderr);
+  await waitFor(() => s.lines().length >= 1, 'line');
+  assert.deepEqual(s.lines(), ['web hello']);
+});
+
+test('-ack: a failed attempt is resent; exits 0 once every batch is acknowledged', async () => {
+  const api = await FakeHttp.start();
+  servers.push(api);
+  let attempt = 0;
+  const acked: string[] = [];
+  api.handler = (req, res, body) => {
+    attempt++;
+    if (attempt === 1) {
+      res.writeHead(503).end('try later\n');
+      return;
+    }
+    if (attempt === 3) {
+      req.socket.destroy(); // connection dropped before the answer
+      return;
+    }
+    const text = body.toString();
+    acked.push(text);
+    const records = text.split('\n').length - 1;
+    res
+      .writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ records, bytes: body.length }));
+  };
+  const r = await run(
+    'cli/oklog.ts',
+    ['forward', '-ack', '-topic', 'audit', '-ack-batch-records', '1000', api.address],
+    { input: numberedLines(5000) },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(api.requests.every((q) => q.method === 'POST' && q.url === '/ingest/write?topic=audit'));
+  const nums = lineNumbers(acked.join('').split('\n').slice(0, -1));
+  checkAtLeastOnce(nums, 5000);
+  for (let i = 1; i < nums.length; i++) assert.ok(nums[i] > nums[i - 1], 'in order');
+  assert.ok(api.requests[0].body.equals(api.requests[1].body), 'the same batch was resent');
+  assert.match(r.stderr, /batch not acknowledged; will resend/);
+});
+
+test('-ack: a rejected batch (400) ends with one line and a non-zero exit', async () => {
+  const api = await FakeHttp.start();
+  servers.push(api);
+  api.handler = (_req, res) => res.writeHead(400).end('invalid topic\n');
+  const r = await run('cli/oklog.ts', ['forward', '-ack', api.address], { input: 'x\n' });
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    /oklog forward: POST http:\/\/127\.0\.0\.1:\d+\/ingest\/write: 400 Bad Request: invalid topic/,
+  );
+});
+
+test('signals: records that cannot get out are reported and the exit code is 1', async () => {
+  const dead = await freePort();
+  const p = startForward([`127.0.0.1:${dead}`]);
+  try {
+    await writeStdin(p, 'stuck\n');
+    await waitFor(() => p.stderr().includes('connect failed'), 'a failed connect');
+    process.kill(-p.pid, 'SIGTERM');
+    await waitFor(() => p.stderr().includes('flushing'), 'first signal handled');
+    process.kill(-p.pid, 'SIGTERM'); // the second one does not wait for the grace period
+    assert.equal(await p.exited, 1);
+    assert.match(p.stderr(), /level=error msg="records not forwarded" records=1/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('forward: -h, bad flags, missing and bad addresses', async () => {
+  const h = await run('cli/oklog.ts', ['forward', '-h']);
+  assert.equal(h.code, 0);
+  assert.match(h.stdout, /USAGE\n {2}oklog forward \[flags\] <ingester>/);
+  assert.match(h.stdout, /-on-full block/);
+  assert.match(h.stdout, /-buffer-size 16MiB/);
+  const bad = await run('cli/oklog.ts', ['forward', '-nope', 'x']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^oklog forward: flag provided but not defined: -nope\nUSAGE/);
+  const none = await run('cli/oklog.ts', ['forward']);
+  assert.equal(none.code, 2);
+  assert.match(none.stderr, /specify at least one ingest address as an argument/);
+  const addr = await run('cli/oklog.ts', ['forward', 'tcp://host/path']);
+  assert.equal(addr.code, 1);
+  assert.equal(addr.stderr, 'oklog forward: tcp://host/path: unsupported address format\n');
+  const full = await run('cli/oklog.ts', ['forward', '-on-full', 'explode', 'x']);
+  assert.equal(full.code, 2);
+  assert.match(full.stderr, /-on-full must be block or drop-oldest/);
+});

@@ -1,0 +1,117 @@
+// Shared plumbing of the cluster tests: clusters on the simulated network, metric reads.
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { type Cluster, type GossipTuning, startCluster } from '../../node/cluster/cluster.ts';
+import type { Keyring } from '../../node/cluster/crypto.ts';
+import type { Lookup } from '../../node/cluster/memberlist.ts';
+import type { PeerType } from '../../node/cluster/peers.ts';
+import { SimClock, SimNetwork, seededRandom } from './sim.ts';
+
+export const silent = pino({ level: 'silent' });
+
+/** Timings for real-socket tests: probes every 200 ms, failures declared in about a second. */
+export const FAST: GossipTuning = {
+  probeIntervalMs: 200,
+  probeTimeoutMs: 100,
+  gossipIntervalMs: 50,
+  pushPullIntervalMs: 2000,
+  suspicionMult: 2,
+  gossipToTheDeadMs: 5000,
+  tcpTimeoutMs: 2000,
+};
+
+export async function metricValue(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
+  const m = registry.getSingleMetric(name);
+  if (!m) return 0;
+  const { values } = await m.get();
+  let sum = 0;
+  for (const v of values) {
+    if (Object.entries(labels).every(([k, x]) => String(v.labels[k]) === x)) sum += v.value;
+  }
+  return sum;
+}
+
+export interface SimNode {
+  cluster: Cluster;
+  registry: Registry;
+  host: string;
+  name: string;
+}
+
+export class SimWorld {
+  readonly clock = new SimClock();
+  readonly net: SimNetwork;
+  readonly nodes: SimNode[] = [];
+  lookup: Lookup = async (host) => {
+    throw new Error(`no such host ${host}`);
+  };
+
+  constructor(seed = 42) {
+    this.net = new SimNetwork(this.clock, seededRandom(seed));
+  }
+
+  async start(
+    host: string,
+    o: {
+      seeds?: string[];
+      type?: PeerType;
+      gossip?: GossipTuning;
+      name?: string;
+      keyring?: Keyring;
+      apiPort?: number;
+    } = {},
+  ): Promise<SimNode> {
+    const registry = new Registry();
+    const name = o.name ?? `node-${host}`;
+    const cluster = await startCluster({
+      bind: `tcp://${host}:7946`,
+      seeds: o.seeds ?? [],
+      type: o.type ?? 'ingeststore',
+      apiPort: o.apiPort ?? 7650,
+      logger: silent,
+      registry,
+      name,
+      keyring: o.keyring,
+      gossip: o.gossip,
+      transport: this.net.transport(host, 7946),
+      clock: this.clock,
+      random: seededRandom(this.nodes.length + 7),
+      lookup: (h) => this.lookup(h),
+      joinWaitMs: 0,
+    });
+    const node = { cluster, registry, host, name };
+    this.nodes.push(node);
+    return node;
+  }
+
+  /** Starts `n` nodes 10.0.0.1…n, all seeded with the first. */
+  async startMany(n: number, o: { gossip?: GossipTuning } = {}): Promise<SimNode[]> {
+    const out: SimNode[] = [];
+    for (let i = 1; i <= n; i++) {
+      out.push(await this.start(`10.0.0.${i}`, { seeds: i === 1 ? [] : ['10.0.0.1'], gossip: o.gossip }));
+    }
+    return out;
+  }
+
+  /** Advances until every listed node sees exactly `n` live peers with known types. */
+  async converge(nodes: SimNode[], n: number, maxMs = 20_000): Promise<number> {
+    return this.clock.until(
+      () => nodes.every((x) => x.cluster.livePeers().length === n && x.cluster.size() === n),
+      maxMs,
+      50,
+      `convergence to ${n} members`,
+    );
+  }
+
+  stateOf(observer: SimNode, target: SimNode): string | undefined {
+    return observer.cluster.memberlist.member(target.name)?.state;
+  }
+
+  async stopAll(): Promise<void> {
+    for (const n of this.nodes) await n.cluster.stop();
+  }
+}
