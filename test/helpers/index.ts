@@ -6,6 +6,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
+/** tsx's loader by absolute URL, so a child started in another cwd still finds it. */
+const TSX = import.meta.resolve('tsx');
 
 /** A TCP port free on 127.0.0.1 right now (bind port 0, read it, close). */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
@@ -113,7 +115,7 @@ export function spawnTs(
   args: string[],
   options: { cwd?: string; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {},
 ): Proc {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, script), ...args], {
+  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, script), ...args], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
