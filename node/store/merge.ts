@@ -6,6 +6,7 @@ import { NEWLINE } from '../../shared/record.ts';
 import { ULID_LENGTH } from '../../shared/ulid.ts';
 import { MalformedRecordError } from './errors.ts';
 import { compareUlid } from './lines.ts';
+import { MinHeap } from './min-heap.ts';
 
 export type ChunkSource = AsyncIterable<Buffer> | AsyncIterator<Buffer>;
 
@@ -40,49 +41,6 @@ class Cursor {
 function less(a: Cursor, b: Cursor): boolean {
   const d = compareUlid(a.buf, a.pos, b.buf, b.pos);
   return d < 0 || (d === 0 && a.index < b.index);
-}
-
-/** A binary min-heap of cursors; k is small (files in a batch, nodes), so nothing fancier. */
-class CursorHeap {
-  private readonly items: Cursor[] = [];
-  get size(): number {
-    return this.items.length;
-  }
-  peek(): Cursor | undefined {
-    return this.items[0];
-  }
-  push(c: Cursor): void {
-    const a = this.items;
-    a.push(c);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (!less(a[i], a[p])) break;
-      [a[i], a[p]] = [a[p], a[i]];
-      i = p;
-    }
-  }
-  pop(): Cursor | undefined {
-    const a = this.items;
-    if (a.length === 0) return undefined;
-    const top = a[0];
-    const last = a.pop()!;
-    if (a.length > 0) {
-      a[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < a.length && less(a[l], a[m])) m = l;
-        if (r < a.length && less(a[r], a[m])) m = r;
-        if (m === i) break;
-        [a[i], a[m]] = [a[m], a[i]];
-        i = m;
-      }
-    }
-    return top;
-  }
 }
 
 function toIterator(src: ChunkSource): AsyncIterator<Buffer> {
@@ -122,7 +80,7 @@ export async function* mergeSorted(inputs: ChunkSource[], opts: MergeOptions = {
   const chunkBytes = opts.outputChunkBytes ?? 256 * 1024;
   const cursors = inputs.map((src, i) => new Cursor(toIterator(src), i));
   const live = new Set(cursors);
-  const heap = new CursorHeap();
+  const heap = new MinHeap<Cursor>(less);
   let out: Buffer[] = [];
   let outBytes = 0;
   // The last record written, by reference into its (never reused) chunk.

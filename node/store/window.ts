@@ -17,6 +17,7 @@
 // beyond `maxRemembered` ULIDs, the oldest are forgotten early (the guarantee then covers
 // a shorter span; defaults are sized for ~80k records/s at a 3 s window).
 import { ULID_LENGTH } from '../../shared/ulid.ts';
+import { MinHeap } from './min-heap.ts';
 
 export interface WindowOptions {
   windowMs: number;
@@ -35,6 +36,7 @@ interface Entry {
 }
 
 /** A FIFO on an array with a moving head (amortised O(1), compacted as it drains). */
+
 class Fifo<T> {
   private items: T[] = [];
   private head = 0;
@@ -58,55 +60,12 @@ class Fifo<T> {
   }
 }
 
-/** Min-heap of entries by ULID. */
-class UlidHeap {
-  private readonly a: Entry[] = [];
-  get size(): number {
-    return this.a.length;
-  }
-  peek(): Entry | undefined {
-    return this.a[0];
-  }
-  push(e: Entry): void {
-    const a = this.a;
-    a.push(e);
-    let i = a.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (a[p].ulid <= a[i].ulid) break;
-      [a[i], a[p]] = [a[p], a[i]];
-      i = p;
-    }
-  }
-  pop(): Entry | undefined {
-    const a = this.a;
-    if (a.length === 0) return undefined;
-    const top = a[0];
-    const last = a.pop()!;
-    if (a.length > 0) {
-      a[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let m = i;
-        if (l < a.length && a[l].ulid < a[m].ulid) m = l;
-        if (r < a.length && a[r].ulid < a[m].ulid) m = r;
-        if (m === i) break;
-        [a[i], a[m]] = [a[m], a[i]];
-        i = m;
-      }
-    }
-    return top;
-  }
-}
-
 export class WindowDeduper {
   readonly windowMs: number;
   private readonly maxBufferedBytes: number;
   private readonly maxRemembered: number;
   private readonly held = new Map<string, Entry>();
-  private readonly heap = new UlidHeap();
+  private readonly heap = new MinHeap<Entry>((x, y) => x.ulid < y.ulid);
   private readonly arrivals = new Fifo<Entry>();
   private readonly remembered = new Map<string, number>();
   private readonly forgetting = new Fifo<{ ulid: string; expiry: number }>();
