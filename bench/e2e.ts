@@ -124,11 +124,11 @@ export async function run(): Promise<string> {
     ]);
     try {
       const started = Date.now();
-      const fwd = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
+      // `oklog forward < input.log`: the forwarder reads the file itself, as `cat` does for raw.
       const fh = await open(input);
-      const rs = fh.createReadStream();
-      rs.pipe(fwd.child.stdin!);
+      const fwd = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: fh.fd });
       await fwd.exited;
+      await fh.close();
       const forwardedSec = (Date.now() - started) / 1000;
       await waitFor(
         async () => (await headMatched(node.api)) >= RECORDS,

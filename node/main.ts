@@ -35,6 +35,9 @@ class DeferredPeers implements Peers {
   current(role: PeerRole): string[] {
     return this.target ? this.target.current(role) : [];
   }
+  selfApiAddr(): string | null {
+    return this.target?.selfApiAddr?.() ?? null;
+  }
   members(): PeerInfo[] {
     return this.target ? this.target.members() : [];
   }
@@ -83,6 +86,7 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
         registry,
         peers,
         clusterState: stateFn,
+        localIngest: ingest?.log,
       });
     }
   } catch (err) {

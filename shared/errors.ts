@@ -113,6 +113,26 @@ export function isOklogError(err: unknown): err is OklogError {
   return err instanceof OklogError;
 }
 
+/** Maps typed errors to HTTP statuses (the API server, and in-process calls that stand in for it). */
+export function httpStatusOf(err: unknown): number {
+  if (!isOklogError(err)) {
+    const s = (err as { statusCode?: number }).statusCode;
+    return typeof s === 'number' && s >= 400 ? s : 500;
+  }
+  switch (err.code) {
+    case 'OKLOG_ERR_INVALID_ARGUMENT':
+    case 'OKLOG_ERR_INVALID_ULID':
+    case 'OKLOG_ERR_INVALID_TIME':
+      return 400;
+    case 'OKLOG_ERR_NOT_FOUND':
+      return 404;
+    case 'OKLOG_ERR_TOO_LARGE':
+      return 413;
+    default:
+      return (err as { status?: number }).status ?? 500;
+  }
+}
+
 /** One-line description of any thrown value, for CLI output and logs. */
 export function describeError(err: unknown): string {
   if (err instanceof Error) {

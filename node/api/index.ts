@@ -8,32 +8,12 @@ import Fastify, {
 } from 'fastify';
 import type { Logger } from 'pino';
 import { Histogram, type Registry } from 'prom-client';
-import { isOklogError } from '../../shared/errors.ts';
+import { httpStatusOf } from '../../shared/errors.ts';
 
 export interface ApiServerOptions {
   logger: Logger;
   registry: Registry;
   plugins: FastifyPluginAsync[];
-}
-
-/** Maps typed errors to HTTP statuses. */
-export function statusForError(err: unknown): number {
-  if (!isOklogError(err)) {
-    const s = (err as { statusCode?: number }).statusCode;
-    return typeof s === 'number' && s >= 400 ? s : 500;
-  }
-  switch (err.code) {
-    case 'OKLOG_ERR_INVALID_ARGUMENT':
-    case 'OKLOG_ERR_INVALID_ULID':
-    case 'OKLOG_ERR_INVALID_TIME':
-      return 400;
-    case 'OKLOG_ERR_NOT_FOUND':
-      return 404;
-    case 'OKLOG_ERR_TOO_LARGE':
-      return 413;
-    default:
-      return (err as { status?: number }).status ?? 500;
-  }
 }
 
 /** Path without the subsystem prefix and query, as OK Log labels it (`/next`, `/query`). */
@@ -87,7 +67,7 @@ export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyIns
   });
 
   app.setErrorHandler((err, req, reply) => {
-    const status = statusForError(err);
+    const status = httpStatusOf(err);
     if (status >= 500) req.log.error({ err, url: req.url }, 'request failed');
     reply
       .code(status)

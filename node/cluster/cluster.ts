@@ -398,6 +398,10 @@ export class Cluster implements Peers {
     return m.name === this.name ? this.peerMap.get(this.name) : this.peerMap.get(m.name);
   }
 
+  selfApiAddr(): string {
+    return joinHostPort(this.advertise.ip, this.apiPort);
+  }
+
   current(role: PeerRole): string[] {
     const out: string[] = [];
     if (typeServes(this.type, role)) out.push(joinHostPort(this.advertise.ip, this.apiPort));

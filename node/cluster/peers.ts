@@ -21,6 +21,8 @@ export interface Peers {
   current(role: PeerRole): string[];
   /** Every known member with its state. */
   members(): PeerInfo[];
+  /** This node's own API address as listed by `current` (null when unknown or not a member). */
+  selfApiAddr?(): string | null;
 }
 
 export function typeServes(type: PeerType, role: PeerRole): boolean {

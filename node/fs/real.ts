@@ -91,8 +91,26 @@ export class RealFileSystem implements FileSystem {
       highWaterMark: options.highWaterMark,
     });
   }
-  readFile(path: string): Promise<Buffer> {
-    return readFile(path);
+  async readFile(path: string): Promise<Buffer> {
+    // One read of the whole file (fs.readFile reads in 512 KiB steps, each a thread-pool round
+    // trip): segments are read whole by an ingeststore's consumer.
+    const fh = await open(path, 'r');
+    try {
+      const { size } = await fh.stat();
+      const buf = Buffer.allocUnsafe(size);
+      let n = 0;
+      while (n < size) {
+        const { bytesRead } = await fh.read(buf, n, size - n, n);
+        if (bytesRead === 0) break;
+        n += bytesRead;
+      }
+      // A file that grew meanwhile is read to its end by the general routine.
+      if (n === size && (await fh.read(Buffer.allocUnsafe(1), 0, 1, size)).bytesRead > 0)
+        return await readFile(path);
+      return n === size ? buf : buf.subarray(0, n);
+    } finally {
+      await fh.close();
+    }
   }
   remove(path: string): Promise<void> {
     return unlink(path);

@@ -3,7 +3,7 @@
 // errors ending in a newline (Go's http.Error), `404 page not found\n` for "nothing" and for
 // unknown claims, success bodies without a newline.
 import type { FastifyPluginAsync, FastifyReply } from 'fastify';
-import { InvalidArgumentError } from '../../shared/errors.ts';
+import { httpStatusOf, InvalidArgumentError } from '../../shared/errors.ts';
 import type { IngestContext } from './context.ts';
 import { type AckedWriter, drainBody, topicParam } from './http-write.ts';
 import type { ConnectionCounts } from './index.ts';
@@ -96,7 +96,7 @@ export function ingestRoutes(deps: RoutesDeps): FastifyPluginAsync {
         ctx.metrics.ackedWrites.inc({ code: '200' });
         return reply.type('application/json').send(result);
       } catch (err) {
-        const status = (err as { status?: number }).status ?? statusOf(err);
+        const status = (err as { status?: number }).status ?? httpStatusOf(err);
         ctx.metrics.ackedWrites.inc({ code: String(status) });
         // Read what is left of a refused body (bounded), so the client sees this answer rather
         // than a reset; beyond the bound, close the connection instead of reading on.
@@ -106,11 +106,4 @@ export function ingestRoutes(deps: RoutesDeps): FastifyPluginAsync {
       }
     });
   };
-}
-
-function statusOf(err: unknown): number {
-  const code = (err as { code?: string }).code;
-  if (code === 'OKLOG_ERR_TOO_LARGE') return 413;
-  if (code === 'OKLOG_ERR_INVALID_ARGUMENT') return 400;
-  return 500;
 }

@@ -361,6 +361,23 @@ export class IngestLog {
     return { stream, size: c.segment.size };
   }
 
+  /**
+   * `read` for a consumer in this process (an ingeststore): the whole segment in one Buffer, read
+   * in one go instead of streamed through a socket. Same claim rules as `read`.
+   */
+  async readAll(id: string): Promise<Buffer> {
+    this.ensureOpen();
+    const c = this.claim(id);
+    if (c.reading) throw new SegmentAlreadyReadingError(id);
+    c.reading = true;
+    c.streaming = true;
+    try {
+      return await this.fs.readFile(this.path(c.segment.id, 'pending'));
+    } finally {
+      c.streaming = false;
+    }
+  }
+
   /** `POST /commit`: the segment is stored elsewhere; delete it. Returns its size. */
   async commit(id: string): Promise<number> {
     this.ensureOpen();

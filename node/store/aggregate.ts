@@ -26,21 +26,24 @@ export function validateRecords(buf: Buffer): number {
   let pos = 0;
   let prev = -1;
   let line = 0;
+  // No closure in the loop: this runs once per record of every consumed segment.
   while (pos < buf.length) {
     line++;
     const nl = buf.indexOf(NEWLINE, pos);
-    const fail = (what: string) =>
-      new SegmentRejectedError(`line ${line} (byte ${pos}) ${what}`, { line, offset: pos });
-    if (nl < 0) throw fail('does not end with a newline');
-    if (nl - pos < MIN_LINE) throw fail('is shorter than a ULID and a space');
+    if (nl < 0) throw rejected(line, pos, 'does not end with a newline');
+    if (nl - pos < MIN_LINE) throw rejected(line, pos, 'is shorter than a ULID and a space');
     if (!isCanonicalUlidAt(buf, pos) || buf[pos + ULID_LENGTH] !== SPACE)
-      throw fail('does not start with a ULID and a space');
+      throw rejected(line, pos, 'does not start with a ULID and a space');
     if (prev >= 0 && compareUlid(buf, pos, buf, prev) < 0)
-      throw fail('is out of order (records must be sorted by ULID)');
+      throw rejected(line, pos, 'is out of order (records must be sorted by ULID)');
     prev = pos;
     pos = nl + 1;
   }
   return line;
+}
+
+function rejected(line: number, offset: number, what: string): SegmentRejectedError {
+  return new SegmentRejectedError(`line ${line} (byte ${offset}) ${what}`, { line, offset });
 }
 
 async function* single(buf: Buffer): AsyncGenerator<Buffer> {

@@ -13,12 +13,14 @@ import type { FileSystem } from '../fs/index.ts';
 import { Compactor } from './compactor.ts';
 import { createConsumerMetrics, SegmentConsumer } from './consumer.ts';
 import { Fanout } from './fanout.ts';
+import { NodeConsumerHttp } from './http-client.ts';
+import { LocalFirstHttp, type LocalIngester } from './local-http.ts';
 import { createStoreMetrics } from './metrics.ts';
 import { SegmentPublisher } from './publish.ts';
 import { openStoreLog } from './recovery.ts';
-import { storeRoutes } from './routes.ts';
+import { replicaReceiver, storeRoutes } from './routes.ts';
 import { ScanPool } from './scan-pool.ts';
-import type { StoreLog } from './store-log.ts';
+import type { SegmentEntry, StoreLog } from './store-log.ts';
 import { createStreamMetrics, StreamRegistry } from './stream.ts';
 import { streamRoutes } from './stream-routes.ts';
 
@@ -104,6 +106,8 @@ export interface StartStoreOptions {
   peers: Peers;
   clusterState: () => unknown;
   now?: () => number;
+  /** This process's ingest log (an ingeststore): its consumers read it without a socket. */
+  localIngest?: LocalIngester;
 }
 
 export interface StoreHandle {
@@ -160,6 +164,13 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const pool = opts.fs.kind === 'real' ? new ScanPool(logger) : undefined;
   void pool?.prewarm();
   const compactor = new Compactor({ log, logger, metrics, targetSize, retainMs, purgeMs, now, bufferSize });
+  const onReplicated = (entry: SegmentEntry) => publisher.enqueue(entry);
+  // Calls the consumers would make to this very node skip the loopback socket (local-http.ts).
+  const http = new LocalFirstHttp(new NodeConsumerHttp(), {
+    self: () => opts.peers.selfApiAddr?.() ?? null,
+    ingest: opts.localIngest,
+    replicate: replicaReceiver({ log, metrics, onReplicated }),
+  });
   const consumers = Array.from(
     { length: consumersN },
     () =>
@@ -175,6 +186,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
         // Segments that repeatedly fail to merge are set aside here (see quarantine.ts); the
         // store log reads only files directly in its directory.
         quarantine: { fs: opts.fs, dir: join(log.root, 'quarantine') },
+        http,
       }),
   );
   compactor.start();
@@ -196,7 +208,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
         queryConcurrency,
         bufferSize,
         pool,
-        onReplicated: (entry) => publisher.enqueue(entry),
+        onReplicated,
       }),
     );
     await app.register(streamRoutes({ registry: streams, peers: opts.peers, logger }));
@@ -210,6 +222,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
       await Promise.all(
         consumers.map((c) => c.stop().catch((err: unknown) => logger.warn({ err }, 'consumer stop'))),
       );
+      http.close();
       await compactor.stop();
       await streams.close().catch((err: unknown) => logger.warn({ err }, 'stream registry close'));
       await publisher.drain();

@@ -16,64 +16,104 @@ const NL = 0x0a;
 const nudge = new GcNudge();
 const WRITE_BATCH = 1 << 20;
 
-/** Streaming validator of a replication body: push chunks, then end(). Throws InvalidRecordsError. */
+/**
+ * Streaming validator of a replication body: push chunks, then end(). Throws InvalidRecordsError.
+ * A record prefix that lies inside one chunk (nearly all of them) is checked in place; only a
+ * prefix split across chunks is assembled in `split`. The previous ULID is remembered by
+ * position while it is in the current chunk and copied out once per chunk, not once per record.
+ */
 export class RecordValidator {
   records = 0;
   bytes = 0;
   duplicates = 0;
   low: string | null = null;
-  private readonly prefix = Buffer.alloc(RECORD_PREFIX_LENGTH);
-  private prefixLen = 0;
-  private inLine = false;
-  private readonly last = Buffer.alloc(ULID_LENGTH);
+  private readonly split = Buffer.alloc(RECORD_PREFIX_LENGTH);
+  private splitLen = 0;
+  /** Inside a record's payload (its prefix already checked): skip to the newline. */
+  private inPayload = false;
+  /** The last record's ULID: `lastBuf[lastOff..]` (the current chunk, or `saved`). */
+  private readonly saved = Buffer.alloc(ULID_LENGTH);
+  private lastBuf: Buffer = this.saved;
+  private lastOff = 0;
 
   get high(): string | null {
-    return this.records === 0 && !this.inLine ? null : this.last.toString('latin1');
+    return this.records === 0 && !this.inPayload
+      ? null
+      : this.lastBuf.toString('latin1', this.lastOff, this.lastOff + ULID_LENGTH);
   }
 
   push(chunk: Buffer): void {
     const n = chunk.length;
     let pos = 0;
     while (pos < n) {
-      let nl = -2; // not searched yet
-      if (this.prefixLen < RECORD_PREFIX_LENGTH) {
-        const take = Math.min(RECORD_PREFIX_LENGTH - this.prefixLen, n - pos);
-        nl = chunk.indexOf(NL, pos);
+      if (!this.inPayload) {
+        if (this.splitLen === 0 && pos + RECORD_PREFIX_LENGTH <= n) {
+          // Fast path: the whole prefix is in this chunk.
+          const nl = chunk.indexOf(NL, pos);
+          if (nl >= 0 && nl < pos + RECORD_PREFIX_LENGTH)
+            throw this.fail('is shorter than a ULID and a space');
+          this.checkPrefix(chunk, pos);
+          pos += RECORD_PREFIX_LENGTH;
+          if (nl < 0) {
+            this.inPayload = true;
+            break;
+          }
+          pos = nl + 1;
+          this.records++;
+          continue;
+        }
+        // Slow path: the prefix straddles chunks.
+        const take = Math.min(RECORD_PREFIX_LENGTH - this.splitLen, n - pos);
+        const nl = chunk.indexOf(NL, pos);
         if (nl >= 0 && nl < pos + take) throw this.fail('is shorter than a ULID and a space');
-        chunk.copy(this.prefix, this.prefixLen, pos, pos + take);
-        this.prefixLen += take;
-        this.inLine = true;
+        chunk.copy(this.split, this.splitLen, pos, pos + take);
+        this.splitLen += take;
         pos += take;
-        if (this.prefixLen < RECORD_PREFIX_LENGTH) break;
-        this.checkPrefix();
+        if (this.splitLen < RECORD_PREFIX_LENGTH) {
+          this.bytes += n;
+          this.saveLast();
+          return;
+        }
+        this.splitLen = 0;
+        this.checkPrefix(this.split, 0);
+        this.saveLast(); // `split` is reused by the next straddling prefix
+        this.inPayload = true;
       }
       // The rest of the line is payload: only its end matters.
-      if (nl === -2 || (nl >= 0 && nl < pos)) nl = chunk.indexOf(NL, pos);
+      const nl = chunk.indexOf(NL, pos);
       if (nl < 0) break;
       pos = nl + 1;
-      this.prefixLen = 0;
-      this.inLine = false;
+      this.inPayload = false;
       this.records++;
     }
     this.bytes += n;
+    this.saveLast();
   }
 
   end(): void {
-    if (this.inLine) throw this.fail('does not end with a newline');
+    if (this.inPayload || this.splitLen > 0) throw this.fail('does not end with a newline');
   }
 
-  private checkPrefix(): void {
-    const p = this.prefix;
-    if (!isCanonicalUlidAt(p, 0) || p[ULID_LENGTH] !== SPACE)
+  private checkPrefix(p: Buffer, at: number): void {
+    if (!isCanonicalUlidAt(p, at) || p[at + ULID_LENGTH] !== SPACE)
       throw this.fail('does not start with a ULID and a space');
     if (this.records > 0) {
-      const d = compareUlid(p, 0, this.last, 0);
+      const d = compareUlid(p, at, this.lastBuf, this.lastOff);
       if (d < 0) throw this.fail('is out of order (records must be sorted by ULID)');
       if (d === 0) this.duplicates++;
     } else {
-      this.low = p.toString('latin1', 0, ULID_LENGTH);
+      this.low = p.toString('latin1', at, at + ULID_LENGTH);
     }
-    p.copy(this.last, 0, 0, ULID_LENGTH);
+    this.lastBuf = p;
+    this.lastOff = at;
+  }
+
+  /** Copies the last ULID out of a buffer that is about to change (the next chunk may reuse it). */
+  private saveLast(): void {
+    if (this.lastBuf === this.saved) return;
+    this.lastBuf.copy(this.saved, 0, this.lastOff, this.lastOff + ULID_LENGTH);
+    this.lastBuf = this.saved;
+    this.lastOff = 0;
   }
 
   private fail(what: string): InvalidRecordsError {

@@ -71,8 +71,31 @@ function failedNodesHeader(failed: readonly FailedNode[]): string {
   return failed.map((f) => f.node).join(', ');
 }
 
+/**
+ * Stores one replicated segment (`POST /store/replicate`'s work, also called in-process by this
+ * node's own consumer): validated, counted, announced to live streams. Resolves to the answer.
+ */
+export function replicaReceiver(
+  opts: Pick<StoreRoutesOptions, 'log' | 'metrics' | 'onReplicated'>,
+): (body: AsyncIterable<Buffer>) => Promise<string> {
+  return async (body) => {
+    try {
+      const r = await receiveSegment(opts.log, body);
+      opts.metrics.replicatedSegments.inc({ direction: 'ingress' });
+      opts.metrics.replicatedBytes.inc({ direction: 'ingress' }, r.bytes);
+      if (r.entry === null) return 'No records\n';
+      opts.onReplicated?.(r.entry);
+      return 'OK\n';
+    } catch (err) {
+      if ((err as { status?: number }).status === 400) opts.metrics.replicateRejected.inc();
+      throw err;
+    }
+  };
+}
+
 export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   const { log, metrics } = opts;
+  const receive = replicaReceiver(opts);
 
   const nodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
@@ -126,7 +149,12 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
     // HEAD counts distinct records: with several nodes (replicas), only merging their bodies can.
     const method = head && nodes.length > 1 ? 'GET' : req.method === 'HEAD' ? 'HEAD' : 'GET';
     const local: LocalNode = {
-      isSelf: (node) => isSelf(node, req.socket.localPort),
+      // The cluster names this node's own API address exactly; the host/port guess is only for
+      // peer lists that cannot (it would confuse two nodes on one port of a multi-address host).
+      isSelf: (node) => {
+        const me = opts.peers.selfApiAddr?.();
+        return me ? node === me : isSelf(node, req.socket.localPort);
+      },
       answer: async (node, m, signal) => {
         const q = new LocalQuery(log, compileScanFilter(params), params, {
           concurrency: opts.queryConcurrency,
@@ -190,18 +218,11 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   return async (app: FastifyInstance) => {
     app.post('/store/replicate', async (req, reply) => {
       try {
-        const r = await receiveSegment(log, req.raw);
-        metrics.replicatedSegments.inc({ direction: 'ingress' });
-        metrics.replicatedBytes.inc({ direction: 'ingress' }, r.bytes);
-        reply.type('text/plain; charset=utf-8');
-        if (r.entry === null) return reply.send('No records\n');
-        opts.onReplicated?.(r.entry);
-        return reply.send('OK\n');
+        const answer = await receive(req.raw);
+        return reply.type('text/plain; charset=utf-8').send(answer);
       } catch (err) {
-        if ((err as { status?: number }).status === 400) {
-          metrics.replicateRejected.inc();
+        if ((err as { status?: number }).status === 400)
           req.log.warn({ err: describeError(err) }, 'store: rejected replication body');
-        }
         // Do not read the rest of a rejected (possibly huge) body: close the connection instead.
         if (!req.raw.complete) reply.header('Connection', 'close');
         throw err;

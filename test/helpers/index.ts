@@ -113,9 +113,15 @@ export interface Proc {
 export function spawnTs(
   script: string,
   args: string[],
-  options: { cwd?: string; env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' } = {},
+  options: {
+    cwd?: string;
+    env?: NodeJS.ProcessEnv;
+    stdin?: 'pipe' | 'ignore' | number;
+    nodeArgs?: string[];
+  } = {},
 ): Proc {
-  const child = spawn(process.execPath, ['--import', TSX, join(ROOT, script), ...args], {
+  const nodeArgs = options.nodeArgs ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, '--import', TSX, join(ROOT, script), ...args], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
@@ -157,12 +163,13 @@ export function spawnTs(
 export async function startOklog(
   mode: 'ingest' | 'store' | 'ingeststore',
   args: string[],
-  options: { cwd?: string; ports?: NodePorts; env?: NodeJS.ProcessEnv } = {},
+  options: { cwd?: string; ports?: NodePorts; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {},
 ) {
   const ports = options.ports ?? (await nodePorts());
   const proc = spawnTs('cli/oklog.ts', [mode, ...portFlags(ports), ...args], {
     cwd: options.cwd,
     env: options.env,
+    nodeArgs: options.nodeArgs,
   });
   const api = `http://127.0.0.1:${ports.api}`;
   try {

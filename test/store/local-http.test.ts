@@ -1,0 +1,163 @@
+// LocalFirstHttp: calls addressed to this node reach the ingest log and the replicate handler
+// in-process with the endpoints' answers; calls to any other node go to the HTTP client.
+import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import pino from 'pino';
+import { Registry } from 'prom-client';
+import { RealFileSystem } from '../../node/fs/index.ts';
+import { createIngestMetrics } from '../../node/ingest/metrics.ts';
+import { IngestLog } from '../../node/ingest/segment-log.ts';
+import type { ConsumerHttp, HttpResponse } from '../../node/store/http-client.ts';
+import { LocalFirstHttp } from '../../node/store/local-http.ts';
+import { createStoreMetrics } from '../../node/store/metrics.ts';
+import { openStoreLog } from '../../node/store/recovery.ts';
+import { replicaReceiver } from '../../node/store/routes.ts';
+import { tempDir } from '../helpers/index.ts';
+import { rec, T0 } from './consumer-fakes.ts';
+
+const silent = pino({ level: 'silent' });
+const SELF = '127.0.0.1:7650';
+
+/** Records every call it gets and answers 599, so a misrouted call is visible. */
+class RecordingRemote implements ConsumerHttp {
+  calls: string[] = [];
+  private answer(what: string): Promise<HttpResponse> {
+    this.calls.push(what);
+    return Promise.resolve({ status: 599, body: Buffer.from('remote') });
+  }
+  control(method: 'GET' | 'POST', url: string) {
+    return this.answer(`${method} ${url}`);
+  }
+  read(url: string) {
+    return this.answer(`READ ${url}`);
+  }
+  async upload(url: string, body: AsyncIterable<Buffer>) {
+    for await (const _ of body);
+    return this.answer(`UPLOAD ${url}`);
+  }
+  closed = false;
+  close() {
+    this.closed = true;
+  }
+}
+
+async function* chunks(...parts: string[]): AsyncGenerator<Buffer> {
+  for (const p of parts) yield Buffer.from(p);
+}
+
+async function setup(t: { after: (fn: () => Promise<void>) => void }) {
+  const dir = await tempDir('oklog-local-http-');
+  const fs = new RealFileSystem();
+  const ingest = await IngestLog.open({
+    fs,
+    root: join(dir.path, 'ingest'),
+    logger: silent,
+    metrics: createIngestMetrics(new Registry()),
+    pendingTimeoutMs: 60_000,
+  });
+  const store = await openStoreLog({ fs, root: join(dir.path, 'store'), logger: silent });
+  const metrics = createStoreMetrics(new Registry());
+  const replicated: string[] = [];
+  const remote = new RecordingRemote();
+  let self: string | null = SELF;
+  const http = new LocalFirstHttp(remote, {
+    self: () => self,
+    ingest,
+    replicate: replicaReceiver({ log: store, metrics, onReplicated: (e) => replicated.push(e.low) }),
+  });
+  t.after(async () => {
+    await ingest.close();
+    await store.close();
+    await dir.cleanup();
+  });
+  return { dir, ingest, store, remote, http, replicated, setSelf: (s: string | null) => (self = s) };
+}
+
+test('next / read / commit against this node use the ingest log, with the endpoint answers', async (t) => {
+  const { ingest, remote, http, dir } = await setup(t);
+  const body = rec(T0, 1, 'one') + rec(T0, 2, 'two');
+  const seg = await ingest.create();
+  await seg.file.write(Buffer.from(body));
+  seg.firstWriteMs = seg.lastWriteMs = Date.now();
+  await ingest.flush(seg, 'close');
+
+  const next = await http.control('GET', `http://${SELF}/ingest/next`);
+  assert.equal(next.status, 200);
+  const id = next.body.toString();
+  const read = await http.read(`http://${SELF}/ingest/read?id=${id}`, 1 << 20);
+  assert.equal(read.status, 200);
+  assert.equal(read.body.toString(), body);
+  // A claim is read once, as over HTTP.
+  const again = await http.read(`http://${SELF}/ingest/read?id=${id}`, 1 << 20);
+  assert.notEqual(again.status, 200);
+  // Too large for the caller's bound: an error, as the HTTP client's.
+  const failed = await http.control('POST', `http://${SELF}/ingest/failed?id=${id}`);
+  assert.deepEqual([failed.status, failed.body.toString()], [200, 'Failed OK']);
+  const id2 = (await http.control('GET', `http://${SELF}/ingest/next`)).body.toString();
+  await assert.rejects(http.read(`http://${SELF}/ingest/read?id=${id2}`, 10), {
+    code: 'OKLOG_ERR_BODY_LENGTH',
+  });
+  assert.equal((await http.control('POST', `http://${SELF}/ingest/failed?id=${id2}`)).status, 200);
+  const id3 = (await http.control('GET', `http://${SELF}/ingest/next`)).body.toString();
+  assert.equal((await http.read(`http://${SELF}/ingest/read?id=${id3}`, 1 << 20)).status, 200);
+  const commit = await http.control('POST', `http://${SELF}/ingest/commit?id=${id3}`);
+  assert.deepEqual([commit.status, commit.body.toString()], [200, 'Commit OK']);
+  // Nothing left: 404 as the endpoint; an unknown claim: 404 too.
+  assert.equal((await http.control('GET', `http://${SELF}/ingest/next`)).status, 404);
+  assert.equal((await http.control('POST', `http://${SELF}/ingest/commit?id=${id3}`)).status, 404);
+  assert.deepEqual(await readdir(join(dir.path, 'ingest')), ['LOCK']);
+  assert.deepEqual(remote.calls, []);
+});
+
+test('replicate to this node stores a validated segment; a bad body is 400 and stores nothing', async (t) => {
+  const { remote, http, dir, replicated } = await setup(t);
+  let sent = 0;
+  const ok = await http.upload(
+    `http://${SELF}/store/replicate`,
+    chunks(rec(T0, 1, 'a').slice(0, 10), rec(T0, 1, 'a').slice(10), rec(T0, 2, 'b')),
+    undefined,
+    (n) => {
+      sent += n;
+    },
+  );
+  assert.deepEqual([ok.status, ok.body.toString()], [200, 'OK\n']);
+  assert.equal(sent, (rec(T0, 1, 'a') + rec(T0, 2, 'b')).length);
+  const files = (await readdir(join(dir.path, 'store'))).filter((f) => f.endsWith('.flushed'));
+  assert.equal(files.length, 1);
+  assert.equal(
+    await readFile(join(dir.path, 'store', files[0]), 'latin1'),
+    rec(T0, 1, 'a') + rec(T0, 2, 'b'),
+  );
+  assert.equal(replicated.length, 1);
+
+  const bad = await http.upload(
+    `http://${SELF}/store/replicate`,
+    chunks(rec(T0, 9, 'late'), rec(T0, 3, 'early')),
+  );
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.toString(), /out of order/);
+  const after = (await readdir(join(dir.path, 'store'))).filter((f) => !f.startsWith('LOCK'));
+  assert.deepEqual(after, files);
+  assert.deepEqual(remote.calls, []);
+});
+
+test('other nodes, unknown self, and other paths go to the HTTP client', async (t) => {
+  const { remote, http, setSelf } = await setup(t);
+  await http.control('GET', 'http://127.0.0.2:7650/ingest/next');
+  await http.read('http://127.0.0.1:7651/ingest/read?id=x', 10);
+  await http.upload('http://10.0.0.1:7650/store/replicate', chunks(rec(T0, 1, 'a')));
+  await http.control('GET', `http://${SELF}/ingest/stats`);
+  setSelf(null);
+  await http.control('GET', `http://${SELF}/ingest/next`);
+  assert.deepEqual(remote.calls, [
+    'GET http://127.0.0.2:7650/ingest/next',
+    'READ http://127.0.0.1:7651/ingest/read?id=x',
+    'UPLOAD http://10.0.0.1:7650/store/replicate',
+    `GET http://${SELF}/ingest/stats`,
+    `GET http://${SELF}/ingest/next`,
+  ]);
+  http.close();
+  assert.ok(remote.closed);
+});
