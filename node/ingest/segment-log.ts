@@ -60,8 +60,8 @@ interface Claim {
   segment: FlushedSegment;
   deadline: number;
   reading: boolean;
-  /** A /read response is still streaming the file; the timeout waits for it (§11.2 item 16). */
-  streaming: boolean;
+  /** Streams of the file still open (a /read response, a local re-read); the timeout waits for them (§11.2 item 16). */
+  streaming: number;
 }
 
 export interface LogStats {
@@ -334,7 +334,7 @@ export class IngestLog {
       segment: seg,
       deadline: this.now() + this.pendingTimeoutMs,
       reading: false,
-      streaming: false,
+      streaming: 0,
     });
     return { id, segmentId: seg.id };
   }
@@ -351,14 +351,30 @@ export class IngestLog {
     const c = this.claim(id);
     if (c.reading) throw new SegmentAlreadyReadingError(id);
     c.reading = true;
-    c.streaming = true;
+    return { stream: this.stream(c), size: c.segment.size };
+  }
+
+  private stream(c: Claim): Readable {
+    c.streaming++;
     const stream = this.fs.createReadStream(this.path(c.segment.id, 'pending'), {
       highWaterMark: 256 * 1024,
     });
     stream.once('close', () => {
-      c.streaming = false;
+      c.streaming--;
     });
-    return { stream, size: c.segment.size };
+    return stream;
+  }
+
+  /**
+   * The bytes of a claim already read, again (a consumer in this process keeps a reference to the
+   * segment instead of its bytes, and streams it when it replicates). Open streams hold off the
+   * pending timeout, as a /read in progress does.
+   */
+  reread(id: string): Readable {
+    this.ensureOpen();
+    const c = this.claim(id);
+    if (!c.reading) throw new SegmentNotReadError(id);
+    return this.stream(c);
   }
 
   /**
@@ -370,11 +386,11 @@ export class IngestLog {
     const c = this.claim(id);
     if (c.reading) throw new SegmentAlreadyReadingError(id);
     c.reading = true;
-    c.streaming = true;
+    c.streaming++;
     try {
       return await this.fs.readFile(this.path(c.segment.id, 'pending'));
     } finally {
-      c.streaming = false;
+      c.streaming--;
     }
   }
 
@@ -423,7 +439,7 @@ export class IngestLog {
   async expirePending(now = this.now()): Promise<number> {
     let n = 0;
     for (const c of [...this.claims.values()]) {
-      if (c.deadline > now || c.streaming || this.claims.get(c.id) !== c) continue;
+      if (c.deadline > now || c.streaming > 0 || this.claims.get(c.id) !== c) continue;
       this.claims.delete(c.id);
       try {
         await this.unclaim(c);

@@ -11,7 +11,7 @@
 import { NEWLINE, SPACE } from '../../shared/record.ts';
 import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
 import { SegmentRejectedError } from './consumer-errors.ts';
-import { compareUlid } from './lines.ts';
+import { compareUlid, wholeLines } from './lines.ts';
 import { mergeSorted } from './merge.ts';
 
 /** Shortest acceptable line without its newline: a ULID and the space after it. */
@@ -50,12 +50,22 @@ async function* single(buf: Buffer): AsyncGenerator<Buffer> {
   yield buf;
 }
 
+/** A run streamed from its source, opened only when the merge first asks for it. */
+async function* streamed(open: () => AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  yield* wholeLines(open(), () => {
+    throw new SegmentRejectedError('segment changed since it was read: it ends inside a record');
+  });
+}
+
+/** A gathered segment: its bytes, or a way to stream them again (a segment of this process). */
+type Run = Buffer | (() => AsyncIterable<Buffer>);
+
 export class Aggregate {
-  private runs: Buffer[] = [];
+  private runs: Run[] = [];
   private bytesIn = 0;
   private recordsIn = 0;
-  /** Offset-0 ULID of the run holding the smallest first record. */
-  private firstRun: Buffer | null = null;
+  /** The smallest first ULID of the runs (a copy: the run itself may not stay in memory). */
+  private first: Buffer | null = null;
 
   /** Bytes gathered (duplicates across segments included). */
   get bytes(): number {
@@ -73,20 +83,23 @@ export class Aggregate {
 
   /** The smallest ULID gathered: the merged segment's FROM, its placement key. */
   get firstUlid(): string | null {
-    return this.firstRun === null ? null : this.firstRun.toString('latin1', 0, ULID_LENGTH);
+    return this.first === null ? null : this.first.toString('latin1');
   }
 
   /**
    * Adds one ingest segment after validating it; returns its record count. On
-   * SegmentRejectedError the aggregate is unchanged. The Buffer is kept as it is (not copied).
+   * SegmentRejectedError the aggregate is unchanged. The Buffer is kept as it is (not copied),
+   * unless `reopen` can stream the same bytes again: then only that is kept, and the aggregate's
+   * memory does not grow with the target size (an ingeststore reading its own segments).
    */
-  add(segment: Buffer): number {
+  add(segment: Buffer, reopen?: () => AsyncIterable<Buffer>): number {
     const n = validateRecords(segment);
     if (n === 0) return 0;
-    this.runs.push(segment);
+    this.runs.push(reopen ?? segment);
     this.bytesIn += segment.length;
     this.recordsIn += n;
-    if (this.firstRun === null || compareUlid(segment, 0, this.firstRun, 0) < 0) this.firstRun = segment;
+    if (this.first === null || compareUlid(segment, 0, this.first, 0) < 0)
+      this.first = Buffer.from(segment.subarray(0, ULID_LENGTH));
     return n;
   }
 
@@ -96,6 +109,6 @@ export class Aggregate {
    * of the runs, so concurrent uploads share memory instead of copying it.
    */
   merged(): AsyncGenerator<Buffer> {
-    return mergeSorted(this.runs.map(single));
+    return mergeSorted(this.runs.map((r) => (Buffer.isBuffer(r) ? single(r) : streamed(r))));
   }
 }

@@ -291,6 +291,7 @@ export class SegmentConsumer {
     this.claims.push(claim);
 
     let body: Buffer;
+    let reopen: (() => AsyncIterable<Buffer>) | undefined;
     try {
       const r = await this.http.read(
         `${base}/read?id=${encodeURIComponent(id)}`,
@@ -300,6 +301,7 @@ export class SegmentConsumer {
       if (r.status !== 200)
         throw new RemoteError(`status ${r.status}: ${snippet(r.body)}`, { status: r.status });
       body = r.body;
+      reopen = r.reopen;
     } catch (err) {
       // OK Log failed the whole batch here; only this claim is affected, so only it goes back.
       this.gatherErrors++;
@@ -310,7 +312,7 @@ export class SegmentConsumer {
     }
 
     try {
-      this.agg.add(body);
+      this.agg.add(body, reopen);
     } catch (err) {
       // Whatever went wrong, this claim's records are not in the aggregate: it must never be
       // committed with the batch.

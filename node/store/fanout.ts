@@ -7,6 +7,7 @@ import { Agent, type IncomingMessage, request } from 'node:http';
 import type { Logger } from 'pino';
 import { describeError } from '../../shared/errors.ts';
 import { MalformedRecordError } from './errors.ts';
+import { wholeLines } from './lines.ts';
 import { H, parseStatsHeaders, type QueryStats } from './query-headers.ts';
 
 export interface NodeAnswer {
@@ -169,15 +170,8 @@ function readSome(res: IncomingMessage): Promise<string> {
  * Re-chunks a peer's body into chunks of whole lines (the merge's input format). A body that
  * ends inside a line is an error: the node's answer was cut short.
  */
-export async function* lineAligned(body: AsyncIterable<Buffer>, node: string): AsyncGenerator<Buffer> {
-  let carry: Buffer | null = null;
-  for await (const raw of body) {
-    const chunk: Buffer = carry === null ? raw : Buffer.concat([carry, raw]);
-    carry = null;
-    const end = chunk.lastIndexOf(0x0a) + 1;
-    if (end < chunk.length) carry = Buffer.from(chunk.subarray(end));
-    if (end > 0) yield chunk.subarray(0, end);
-  }
-  if (carry !== null && carry.length > 0)
+export function lineAligned(body: AsyncIterable<Buffer>, node: string): AsyncGenerator<Buffer> {
+  return wholeLines(body, () => {
     throw new MalformedRecordError(`${node}: query answer ends inside a record`, { node });
+  });
 }

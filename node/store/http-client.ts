@@ -14,6 +14,11 @@ import { BodyLengthError, RequestTimeoutError } from './consumer-errors.ts';
 export interface HttpResponse {
   status: number;
   body: Buffer;
+  /**
+   * Set by the in-process transport on a segment read: the same bytes can be streamed again
+   * later, so the consumer need not keep `body` in memory until it replicates (local-http.ts).
+   */
+  reopen?: () => AsyncIterable<Buffer>;
 }
 
 export interface ConsumerHttpOptions {

@@ -82,3 +82,34 @@ export async function forEachLine(
     await fn(line, 0, line.length, false);
   }
 }
+
+/**
+ * Re-chunks a byte stream into chunks of whole lines. Chunks are slices of the input where
+ * possible: only a line split across two input chunks is copied. Calls `onTrailing` (which
+ * should throw) when the stream ends inside a line.
+ */
+export async function* wholeLines(
+  src: AsyncIterable<Buffer>,
+  onTrailing: () => never,
+): AsyncGenerator<Buffer> {
+  let carry: Buffer | null = null;
+  for await (const chunk of src) {
+    let start = 0;
+    if (carry !== null) {
+      const nl = chunk.indexOf(NEWLINE);
+      if (nl < 0) {
+        carry = Buffer.concat([carry, chunk]);
+        continue;
+      }
+      yield Buffer.concat([carry, chunk.subarray(0, nl + 1)]);
+      carry = null;
+      start = nl + 1;
+    }
+    const end = chunk.lastIndexOf(NEWLINE) + 1;
+    if (end > start) yield chunk.subarray(start, end);
+    const rest = Math.max(start, end);
+    // Copied: a slice would pin the whole input chunk for a few bytes.
+    if (rest < chunk.length) carry = Buffer.from(chunk.subarray(rest));
+  }
+  if (carry !== null) onTrailing();
+}

@@ -13,6 +13,8 @@ import type { ConsumerHttp, HttpResponse } from './http-client.ts';
 export interface LocalIngester {
   next(): Promise<{ id: string } | null>;
   readAll(id: string): Promise<Buffer>;
+  /** A claim already read, streamed again. */
+  reread(id: string): AsyncIterable<Buffer>;
   commit(id: string): Promise<unknown>;
   fail(id: string): Promise<void>;
 }
@@ -96,9 +98,11 @@ export class LocalFirstHttp implements ConsumerHttp {
     const ingest = this.local.ingest;
     if (u === null || ingest === undefined || u.pathname !== '/ingest/read')
       return this.remote.read(url, maxBytes, signal);
+    const id = u.searchParams.get('id') ?? '';
     const r = await answer(async () => ({
       status: 200,
-      body: await ingest.readAll(u.searchParams.get('id') ?? ''),
+      body: await ingest.readAll(id),
+      reopen: () => ingest.reread(id),
     }));
     // As the HTTP client: a segment beyond the caller's bound is an error, not an answer.
     if (r.status === 200 && r.body.length > maxBytes)

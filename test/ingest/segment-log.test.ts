@@ -157,6 +157,28 @@ test('pending timeout fails a claim back, but not while its read is still stream
   assert.equal(log.stats().pending.count, 0);
 });
 
+test('readAll and reread: the same bytes again, only after a read; open re-reads hold off the timeout', async (t) => {
+  const dir = await tempDir();
+  t.after(dir.cleanup);
+  const { log, clock } = await openLog(new RealFileSystem(), dir.path, undefined, 1000);
+  t.after(() => log.close());
+  await log.flush(await writeSegment(log, 'a\nb\n'), 'close');
+  const c = await log.next();
+  assert.ok(c);
+  assert.throws(() => log.reread(c.id), { code: 'OKLOG_ERR_SEGMENT_NOT_READ' });
+  assert.equal((await log.readAll(c.id)).toString(), 'a\nb\n');
+  await assert.rejects(log.readAll(c.id), { code: 'OKLOG_ERR_SEGMENT_READING' });
+  const first = log.reread(c.id);
+  const second = log.reread(c.id);
+  assert.equal(await text(first), 'a\nb\n');
+  clock.t += 1001;
+  assert.equal(await log.expirePending(), 0, 'one re-read is still open');
+  assert.equal(await text(second), 'a\nb\n');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(await log.expirePending(), 1);
+  assert.throws(() => log.reread(c.id), { code: 'OKLOG_ERR_NOT_FOUND' });
+});
+
 test('the pending timeout runs on its own timer', async (t) => {
   const dir = await tempDir();
   t.after(dir.cleanup);

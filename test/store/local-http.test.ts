@@ -9,6 +9,7 @@ import { Registry } from 'prom-client';
 import { RealFileSystem } from '../../node/fs/index.ts';
 import { createIngestMetrics } from '../../node/ingest/metrics.ts';
 import { IngestLog } from '../../node/ingest/segment-log.ts';
+import { Aggregate } from '../../node/store/aggregate.ts';
 import type { ConsumerHttp, HttpResponse } from '../../node/store/http-client.ts';
 import { LocalFirstHttp } from '../../node/store/local-http.ts';
 import { createStoreMetrics } from '../../node/store/metrics.ts';
@@ -160,4 +161,41 @@ test('other nodes, unknown self, and other paths go to the HTTP client', async (
   ]);
   http.close();
   assert.ok(remote.closed);
+});
+
+test('an aggregate of re-readable segments keeps no bytes and merges the same records as one of Buffers', async () => {
+  const a = Buffer.from(rec(T0, 1, 'a1') + rec(T0, 3, 'a3') + rec(T0, 3, 'a3 again') + rec(T0, 5, 'a5'));
+  const b = Buffer.from(rec(T0, 2, 'b2') + rec(T0, 3, 'b3 same ulid') + rec(T0, 9, 'b9'));
+  const inMemory = new Aggregate();
+  inMemory.add(a);
+  inMemory.add(b);
+  const opened: string[] = [];
+  // Re-read in odd-sized pieces, so lines straddle chunks.
+  const pieces = (name: string, buf: Buffer) =>
+    async function* () {
+      opened.push(name);
+      for (let i = 0; i < buf.length; i += 7) yield buf.subarray(i, i + 7);
+    };
+  const streamed = new Aggregate();
+  assert.equal(streamed.add(Buffer.from(a), pieces('a', a)), 4);
+  assert.equal(streamed.add(Buffer.from(b), pieces('b', b)), 3);
+  assert.deepEqual(opened, [], 'nothing re-read before the merge');
+  assert.equal(streamed.firstUlid, inMemory.firstUlid);
+  const all = async (g: AsyncIterable<Buffer>) => {
+    const parts: Buffer[] = [];
+    for await (const c of g) parts.push(c);
+    return Buffer.concat(parts).toString('latin1');
+  };
+  const want = await all(inMemory.merged());
+  assert.equal(want.split('\n').length - 1, 5, 'duplicate ULIDs dropped');
+  assert.equal(await all(streamed.merged()), want);
+  assert.equal(await all(streamed.merged()), want, 'every replica gets the same bytes');
+  assert.deepEqual(opened, ['a', 'b', 'a', 'b']);
+
+  // A source that ends inside a record fails the merge instead of sending a cut record.
+  const cut = new Aggregate();
+  cut.add(Buffer.from(a), async function* () {
+    yield a.subarray(0, a.length - 3);
+  });
+  await assert.rejects(all(cut.merged()), { code: 'OKLOG_ERR_SEGMENT_REJECTED' });
 });
