@@ -265,8 +265,9 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
   };
   stdin.on('data', (chunk: Buffer) => {
     if (inputDone) return;
-    const block = splitter.push(chunk);
-    if (block && !buffer.push(block)) {
+    let room = true;
+    for (const block of splitter.split(chunk)) room = buffer.push(block);
+    if (!room) {
       stdin.pause();
       buffer.waitForRoom().then(() => {
         if (!inputDone) stdin.resume();

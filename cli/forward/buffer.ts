@@ -79,8 +79,29 @@ export class RecordBuffer {
    * larger), or returns null if empty. Several blocks are joined into one write.
    */
   take(maxBytes: number, maxRecords = Number.POSITIVE_INFINITY): Block | null {
-    if (this.blocks.length === 0) return null;
+    const out = this.takeBlocks(maxBytes, maxRecords);
+    if (out.length === 0) return null;
+    if (out.length === 1) return out[0];
+    let bytes = 0;
+    let records = 0;
+    for (const b of out) {
+      bytes += b.data.length;
+      records += b.records;
+    }
+    return {
+      data: Buffer.concat(
+        out.map((b) => b.data),
+        bytes,
+      ),
+      records,
+      resent: out.every((b) => b.resent),
+    };
+  }
+
+  /** As `take`, but the blocks as they are (for a corked multi-write instead of one copy). */
+  takeBlocks(maxBytes: number, maxRecords = Number.POSITIVE_INFINITY): Block[] {
     const out: Block[] = [];
+    if (this.blocks.length === 0) return out;
     let bytes = 0;
     let records = 0;
     while (this.blocks.length > 0) {
@@ -103,15 +124,7 @@ export class RecordBuffer {
     this.records -= records;
     this.bytes -= bytes;
     if (!this.full) this.wakeRoom();
-    if (out.length === 1) return out[0];
-    return {
-      data: Buffer.concat(
-        out.map((b) => b.data),
-        bytes,
-      ),
-      records,
-      resent: out.every((b) => b.resent),
-    };
+    return out;
   }
 
   /** Fires when records are waiting or the input has ended (at once if already so). */

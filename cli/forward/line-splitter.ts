@@ -42,13 +42,23 @@ export class LineSplitter {
     this.max = options.maxRecordSize;
   }
 
+  /** The records `chunk` completes, as one block (null if none). */
   push(chunk: Buffer): Block | null {
+    return join(this.split(chunk));
+  }
+
+  /**
+   * The records `chunk` completes, as blocks that need no copying: a line carried over from the
+   * previous chunk is its own small block, the rest a view of `chunk` (unless prefixed or with CRs).
+   */
+  split(chunk: Buffer): Block[] {
+    const blocks: Block[] = [];
     let pos = 0;
     if (this.discarding || this.carryLen > 0) {
       const nl = chunk.indexOf(NEWLINE);
       if (nl < 0) {
         this.hold(chunk);
-        return null;
+        return blocks;
       }
       if (this.discarding) {
         this.discarding = false;
@@ -59,6 +69,7 @@ export class LineSplitter {
         this.carry = [];
         this.carryLen = 0;
         this.emit(line, 0, line.length > 0 && line[line.length - 1] === CR ? line.length - 1 : line.length);
+        this.cut(blocks);
       }
       pos = nl + 1;
     }
@@ -85,7 +96,8 @@ export class LineSplitter {
     }
     this.flushRun(chunk, runStart, pos);
     if (pos < chunk.length) this.hold(chunk.subarray(pos));
-    return this.take();
+    this.cut(blocks);
+    return blocks;
   }
 
   /** At EOF: the last line, if it had no newline. */
@@ -101,7 +113,9 @@ export class LineSplitter {
       if (len > this.max) this.droppedTooLong++;
       else this.emit(line, 0, len);
     }
-    return this.take();
+    const blocks: Block[] = [];
+    this.cut(blocks);
+    return join(blocks);
   }
 
   /** Keeps a partial line; past the maximum (+1 for a possible `\r`) it is dropped instead. */
@@ -134,15 +148,20 @@ export class LineSplitter {
     this.records++;
   }
 
-  private take(): Block | null {
-    if (this.records === 0) {
-      this.parts = [];
-      return null;
+  /** Moves the records framed so far into `blocks` as one block. */
+  private cut(blocks: Block[]): void {
+    if (this.records > 0) {
+      const data = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
+      blocks.push({ data, records: this.records });
     }
-    const data = this.parts.length === 1 ? this.parts[0] : Buffer.concat(this.parts);
-    const block = { data, records: this.records };
     this.parts = [];
     this.records = 0;
-    return block;
   }
+}
+
+function join(blocks: Block[]): Block | null {
+  if (blocks.length <= 1) return blocks[0] ?? null;
+  let records = 0;
+  for (const b of blocks) records += b.records;
+  return { data: Buffer.concat(blocks.map((b) => b.data)), records };
 }

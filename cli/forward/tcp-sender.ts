@@ -25,8 +25,29 @@ import type { ForwardMetrics } from './metrics.ts';
 import type { Endpoint, TargetRing } from './targets.ts';
 import { onAbort, onSettled, onTimeout, type Subscribe, Waiters, waitAny } from './wait.ts';
 
-/** A block on its way out; `sent` once it was first written (for metrics), `at` when. */
-type Outgoing = Block & { sent?: boolean; at?: number };
+/**
+ * Blocks on their way out as one corked write (no copy to join them); `sent` once first written
+ * (for metrics), `at` when.
+ */
+interface Outgoing {
+  parts: Buffer[];
+  bytes: number;
+  records: number;
+  resent?: boolean;
+  sent?: boolean;
+  at?: number;
+}
+
+function outgoing(blocks: Block[]): Outgoing | null {
+  if (blocks.length === 0) return null;
+  let bytes = 0;
+  let records = 0;
+  for (const b of blocks) {
+    bytes += b.data.length;
+    records += b.records;
+  }
+  return { parts: blocks.map((b) => b.data), bytes, records, resent: blocks.every((b) => b.resent) };
+}
 
 /** One TCP connection to an ingester, with a promise-based write and close detection. */
 export class Connection {
@@ -85,19 +106,26 @@ export class Connection {
     return this.closeWaiters.subscribe(wake);
   };
 
-  /** Resolves once the kernel accepted all of `data`; rejects if the connection fails first. */
-  write(data: Buffer): Promise<void> {
+  /**
+   * Resolves once the kernel accepted all of `parts` (written corked: one writev); rejects if
+   * the connection fails first.
+   */
+  write(parts: readonly Buffer[]): Promise<void> {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(this.reason ?? new Error('connection closed'));
         return;
       }
       const off = this.closeWaiters.subscribe(() => reject(this.reason ?? new Error('connection closed')));
-      this.socket.write(data, (err) => {
+      this.socket.cork();
+      // Callbacks run in order, and a failed write fails the ones after it: the last one speaks.
+      for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]);
+      this.socket.write(parts[parts.length - 1], (err) => {
         off();
         if (err) reject(err);
         else resolve();
       });
+      this.socket.uncork();
     });
   }
 
@@ -209,7 +237,7 @@ export class TcpSender {
     for (;;) {
       if (this.abort.signal.aborted) return 'stopped';
       if (conn.closed) return 'lost';
-      const batch: Outgoing | null = this.resend.shift() ?? buffer.take(batchBytes);
+      const batch: Outgoing | null = this.resend.shift() ?? outgoing(buffer.takeBlocks(batchBytes));
       if (!batch) {
         if (buffer.ended) return 'done';
         await waitAny(buffer.onData, conn.onClose, this.aborted);
@@ -217,7 +245,7 @@ export class TcpSender {
       }
       this.inflight = batch;
       let failed = false;
-      const written = conn.write(batch.data).catch((err: Error) => {
+      const written = conn.write(batch.parts).catch((err: Error) => {
         conn.reason ??= err;
         failed = true;
       });
@@ -236,7 +264,7 @@ export class TcpSender {
       if (!batch.sent) {
         batch.sent = true;
         metrics.records.inc(batch.records);
-        metrics.bytes.inc(batch.data.length);
+        metrics.bytes.inc(batch.bytes);
       }
       backoff.reset();
       this.remember(batch);
@@ -250,17 +278,17 @@ export class TcpSender {
     const now = performance.now();
     batch.at = now;
     this.window.push(batch);
-    this.windowBytes += batch.data.length;
+    this.windowBytes += batch.bytes;
     // Bytes bound the data; age and count bound the objects when writes are tiny (a trickle of
     // single lines would otherwise keep hundreds of thousands of small blocks).
     const since = now - this.o.resendWindowMs;
     while (
       this.window.length > 1 &&
-      (this.windowBytes - this.window[0].data.length >= limit ||
+      (this.windowBytes - this.window[0].bytes >= limit ||
         (this.window[0].at ?? 0) < since ||
         this.window.length > MAX_WINDOW_ENTRIES)
     ) {
-      this.windowBytes -= this.window.shift()!.data.length;
+      this.windowBytes -= this.window.shift()!.bytes;
     }
   }
 
@@ -271,7 +299,7 @@ export class TcpSender {
     const since = performance.now() - this.o.resendWindowMs;
     for (const b of this.window) {
       if (b.resent || (b.at ?? 0) < since) continue;
-      again.push({ data: b.data, records: b.records, resent: true, sent: true });
+      again.push({ parts: b.parts, bytes: b.bytes, records: b.records, resent: true, sent: true });
       records += b.records;
     }
     this.window = [];

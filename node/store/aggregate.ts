@@ -17,15 +17,30 @@ import { mergeSorted } from './merge.ts';
 /** Shortest acceptable line without its newline: a ULID and the space after it. */
 const MIN_LINE = ULID_LENGTH + 1;
 
+/** What validation learnt of a segment: enough to tell whether runs need merging at all. */
+export interface RunFacts {
+  records: number;
+  /** Offset of the last record (-1 when empty). */
+  lastOffset: number;
+  /** Two adjacent records share a ULID (the merge must drop one). */
+  duplicates: boolean;
+}
+
 /**
  * Checks that `buf` is newline-terminated records `<ULID> <text>`, canonical ULIDs, in
  * non-decreasing order (equal ULIDs are duplicates the merge drops). Returns the record count;
  * throws SegmentRejectedError naming the first bad line.
  */
 export function validateRecords(buf: Buffer): number {
+  return inspectRecords(buf).records;
+}
+
+/** validateRecords, also returning the facts the aggregate uses to skip a needless merge. */
+export function inspectRecords(buf: Buffer): RunFacts {
   let pos = 0;
   let prev = -1;
   let line = 0;
+  let duplicates = false;
   // No closure in the loop: this runs once per record of every consumed segment.
   while (pos < buf.length) {
     line++;
@@ -34,12 +49,15 @@ export function validateRecords(buf: Buffer): number {
     if (nl - pos < MIN_LINE) throw rejected(line, pos, 'is shorter than a ULID and a space');
     if (!isCanonicalUlidAt(buf, pos) || buf[pos + ULID_LENGTH] !== SPACE)
       throw rejected(line, pos, 'does not start with a ULID and a space');
-    if (prev >= 0 && compareUlid(buf, pos, buf, prev) < 0)
-      throw rejected(line, pos, 'is out of order (records must be sorted by ULID)');
+    if (prev >= 0) {
+      const d = compareUlid(buf, pos, buf, prev);
+      if (d < 0) throw rejected(line, pos, 'is out of order (records must be sorted by ULID)');
+      if (d === 0) duplicates = true;
+    }
     prev = pos;
     pos = nl + 1;
   }
-  return line;
+  return { records: line, lastOffset: prev, duplicates };
 }
 
 function rejected(line: number, offset: number, what: string): SegmentRejectedError {
@@ -58,7 +76,22 @@ async function* streamed(open: () => AsyncIterable<Buffer>): AsyncGenerator<Buff
 }
 
 /** A gathered segment: its bytes, or a way to stream them again (a segment of this process). */
-type Run = Buffer | (() => AsyncIterable<Buffer>);
+interface Run {
+  source: Buffer | (() => AsyncIterable<Buffer>);
+  /** Copies of its first and last ULIDs. */
+  first: Buffer;
+  last: Buffer;
+  duplicates: boolean;
+}
+
+function chunksOf(run: Run): AsyncGenerator<Buffer> {
+  return Buffer.isBuffer(run.source) ? single(run.source) : streamed(run.source);
+}
+
+/** The runs one after the other: when, in first-ULID order, each ends before the next begins. */
+async function* concatenated(runs: readonly Run[]): AsyncGenerator<Buffer> {
+  for (const r of runs) yield* chunksOf(r);
+}
 
 export class Aggregate {
   private runs: Run[] = [];
@@ -93,13 +126,15 @@ export class Aggregate {
    * memory does not grow with the target size (an ingeststore reading its own segments).
    */
   add(segment: Buffer, reopen?: () => AsyncIterable<Buffer>): number {
-    const n = validateRecords(segment);
+    const facts = inspectRecords(segment);
+    const n = facts.records;
     if (n === 0) return 0;
-    this.runs.push(reopen ?? segment);
+    const first = Buffer.from(segment.subarray(0, ULID_LENGTH));
+    const last = Buffer.from(segment.subarray(facts.lastOffset, facts.lastOffset + ULID_LENGTH));
+    this.runs.push({ source: reopen ?? segment, first, last, duplicates: facts.duplicates });
     this.bytesIn += segment.length;
     this.recordsIn += n;
-    if (this.first === null || compareUlid(segment, 0, this.first, 0) < 0)
-      this.first = Buffer.from(segment.subarray(0, ULID_LENGTH));
+    if (this.first === null || compareUlid(first, 0, this.first, 0) < 0) this.first = first;
     return n;
   }
 
@@ -109,6 +144,12 @@ export class Aggregate {
    * of the runs, so concurrent uploads share memory instead of copying it.
    */
   merged(): AsyncGenerator<Buffer> {
-    return mergeSorted(this.runs.map((r) => (Buffer.isBuffer(r) ? single(r) : streamed(r))));
+    // Segments of one connection follow each other: in order, they need no merge, only joining.
+    const ordered = [...this.runs].sort((a, b) => compareUlid(a.first, 0, b.first, 0));
+    const disjoint = ordered.every(
+      (r, i) => !r.duplicates && (i === 0 || compareUlid(ordered[i - 1].last, 0, r.first, 0) < 0),
+    );
+    if (disjoint) return concatenated(ordered);
+    return mergeSorted(this.runs.map(chunksOf));
   }
 }

@@ -19,7 +19,7 @@ import { createStoreMetrics } from './metrics.ts';
 import { SegmentPublisher } from './publish.ts';
 import { openStoreLog } from './recovery.ts';
 import { replicaReceiver, storeRoutes } from './routes.ts';
-import { ScanPool } from './scan-pool.ts';
+import { defaultScanWorkers, ScanPool } from './scan-pool.ts';
 import type { SegmentEntry, StoreLog } from './store-log.ts';
 import { createStreamMetrics, StreamRegistry } from './stream.ts';
 import { streamRoutes } from './stream-routes.ts';
@@ -89,6 +89,12 @@ export function storeFlagSpecs(_mode: string): FlagSpec[] {
       help: 'segment files a query reads ahead at once (beyond the batch being merged)',
     },
     {
+      name: 'store.query-workers',
+      kind: 'int',
+      default: defaultScanWorkers(),
+      help: 'threads that scan segment files for queries, ~20 MiB each (0: scan on the main thread)',
+    },
+    {
       name: 'ui.local',
       kind: 'bool',
       default: false,
@@ -145,6 +151,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const bufferSize = intFlag(flags, 'store.segment-buffer-size', 1);
   const replicationFactor = intFlag(flags, 'store.segment-replication-factor', 1);
   const queryConcurrency = intFlag(flags, 'store.query-concurrency', 1);
+  const queryWorkers = intFlag(flags, 'store.query-workers', 0);
   const targetAge = durationFlag(flags, 'store.segment-target-age', 0);
   const delay = durationFlag(flags, 'store.segment-delay', 1);
   const retainMs = durationFlag(flags, 'store.segment-retain', 1);
@@ -161,7 +168,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const publisher = new SegmentPublisher(log, streams, logger, () => streams.hasSubscribers());
   const fanout = new Fanout({ logger });
   // Scan workers for the real filesystem; started now so the first query does not wait for them.
-  const pool = opts.fs.kind === 'real' ? new ScanPool(logger) : undefined;
+  const pool = opts.fs.kind === 'real' && queryWorkers > 0 ? new ScanPool(logger, queryWorkers) : undefined;
   void pool?.prewarm();
   const compactor = new Compactor({ log, logger, metrics, targetSize, retainMs, purgeMs, now, bufferSize });
   const onReplicated = (entry: SegmentEntry) => publisher.enqueue(entry);

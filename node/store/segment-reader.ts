@@ -204,17 +204,13 @@ const SLICE_MS = 10;
 const CLOCK_EVERY = 32;
 /** Bytes sampled to choose a rare needle byte. */
 const RARE_SAMPLE = 64 * 1024;
-/**
- * A byte is rare enough for the memchr strategy below one occurrence per this many bytes (a false
- * hit costs about as much as indexOf scanning a thousand bytes).
- */
-const RARE_DENSITY = 1024;
 
 export class Scanner {
   /** True when the segment lies inside [from, to]: no per-record time checks. */
   private readonly timeAll: boolean;
-  /** Offset in the needle of the rare byte searched first; -1: plain indexOf; -2: not chosen yet. */
-  private rareAt = -2;
+  /** Offset in the needle of its rarest byte (searched from there on); -1: not chosen yet. */
+  private rareAt = -1;
+  private tail: Buffer | null = null;
   constructor(
     private readonly f: ScanFilter,
     low: Buffer,
@@ -246,35 +242,28 @@ export class Scanner {
   }
 
   /**
-   * Plain-term search. Buffer#indexOf (Horspool) is fast when the term's bytes are rare and slow
-   * when they are not, so, like grep and the memchr crate, the scan may instead look for the
-   * term's rarest byte (a memchr) and compare the term around each hit. "Rarest" is measured on
-   * the segment's first bytes; if that byte then turns out common (too many false hits), the scan
-   * goes back to indexOf for good.
+   * Plain-term search. Buffer#indexOf is fast when the term's first byte is rare in the data (it
+   * skips with memchr on that byte) and several times slower when it is common: "ZQX…" over
+   * log lines that all hold a "…Z" timestamp. So, like grep and the memchr crate, the scan looks
+   * for the term from its rarest byte on (measured on the segment's first bytes) and checks the
+   * bytes before it at each hit.
    */
   private byNeedle(buf: Buffer, start: number, end: number, needle: Buffer, deadline: number): number {
     const f = this.f;
-    if (this.rareAt === -2) this.chooseRare(buf, start, end, needle);
+    if (this.rareAt < 0) this.chooseRare(buf, start, end, needle);
     const len = needle.length;
     const rareAt = this.rareAt;
-    const rare = needle[Math.max(0, rareAt)];
-    let candidates = 0;
+    const tail = this.tail ?? needle;
     let pos = start;
     let hits = 0;
     while (pos < end) {
-      let i: number;
-      if (this.rareAt >= 0) {
-        const j = buf.indexOf(rare, pos + rareAt);
-        if (j < 0 || j >= end) break;
-        i = j - rareAt;
-        if (++candidates > 64 && candidates * RARE_DENSITY > j - start) this.rareAt = -1; // too common
-        if (i + len > end || buf.compare(needle, 0, len, i, i + len) !== 0) {
-          pos = i + 1;
-          continue;
-        }
-      } else {
-        i = buf.indexOf(needle, pos);
-        if (i < 0 || i >= end) break;
+      const j = buf.indexOf(tail, pos + rareAt);
+      if (j < 0) break;
+      const i = j - rareAt;
+      if (i + len > end) break;
+      if (rareAt > 0 && buf.compare(needle, 0, rareAt, i, j) !== 0) {
+        pos = i + 1;
+        continue;
       }
       const ls = i === 0 ? 0 : Math.max(start, buf.lastIndexOf(NEWLINE, i - 1) + 1);
       const le = buf.indexOf(NEWLINE, i);
@@ -290,16 +279,15 @@ export class Scanner {
     return end;
   }
 
-  /** Picks the needle byte least frequent in a sample of the data, if it is rare enough. */
+  /** Picks the needle byte least frequent in a sample of the data; the search starts there. */
   private chooseRare(buf: Buffer, start: number, end: number, needle: Buffer): void {
-    this.rareAt = -1;
-    if (needle.length < 2) return; // indexOf of one byte is already a memchr
     const n = Math.min(end - start, RARE_SAMPLE);
     const counts = new Uint32Array(256);
     for (let i = start; i < start + n; i++) counts[buf[i]]++;
     let best = 0;
     for (let i = 1; i < needle.length; i++) if (counts[needle[i]] < counts[needle[best]]) best = i;
-    if (n >= 4096 && counts[needle[best]] * RARE_DENSITY < n) this.rareAt = best;
+    this.rareAt = best;
+    this.tail = best === 0 ? needle : needle.subarray(best);
   }
 
   private byLine(buf: Buffer, start: number, end: number, deadline: number): number {

@@ -50,6 +50,17 @@ test('splitter: prefix on every record; zero-copy without prefix', () => {
   const b = s.push(chunk)!;
   assert.equal(b.data.buffer, chunk.buffer, 'a view of the input, not a copy');
   assert.equal(b.records, 2);
+  // The next chunk completes the carried line: that line is its own small block, the rest a view.
+  const next = Buffer.from('ee\nfour\nfive\nsi');
+  const parts = s.split(next);
+  assert.deepEqual(
+    parts.map((p) => [p.data.toString(), p.records]),
+    [
+      ['three\n', 1],
+      ['four\nfive\n', 2],
+    ],
+  );
+  assert.equal(parts[1].data.buffer, next.buffer, 'the rest is a view too');
 });
 
 test('splitter: over-long lines are dropped and counted, across chunks too', () => {

@@ -199,3 +199,34 @@ test('an aggregate of re-readable segments keeps no bytes and merges the same re
   });
   await assert.rejects(all(cut.merged()), { code: 'OKLOG_ERR_SEGMENT_REJECTED' });
 });
+
+test('disjoint segments are joined in ULID order without a merge; a duplicate inside one forces the merge', async () => {
+  const all = async (g: AsyncIterable<Buffer>) => {
+    const parts: Buffer[] = [];
+    for await (const c of g) parts.push(c);
+    return parts;
+  };
+  const early = Buffer.from(rec(T0, 1, 'e1') + rec(T0, 2, 'e2'));
+  const late = Buffer.from(rec(T0, 3, 'l3') + rec(T0, 4, 'l4'));
+  const agg = new Aggregate();
+  agg.add(late);
+  agg.add(early);
+  const parts = await all(agg.merged());
+  assert.equal(parts.length, 2);
+  assert.equal(parts[0], early, 'the segment itself, not a copy');
+  assert.equal(parts[1], late);
+
+  const dup = Buffer.from(rec(T0, 5, 'd5') + rec(T0, 5, 'd5 again') + rec(T0, 6, 'd6'));
+  const withDup = new Aggregate();
+  withDup.add(early);
+  withDup.add(dup);
+  const text = Buffer.concat(await all(withDup.merged())).toString('latin1');
+  assert.equal(text, rec(T0, 1, 'e1') + rec(T0, 2, 'e2') + rec(T0, 5, 'd5') + rec(T0, 6, 'd6'));
+
+  // Touching at one ULID (last of one = first of the next) is an overlap: merged, deduplicated.
+  const touching = new Aggregate();
+  touching.add(Buffer.from(rec(T0, 1, 'x') + rec(T0, 2, 'y')));
+  touching.add(Buffer.from(rec(T0, 2, 'y copy') + rec(T0, 3, 'z')));
+  const t2 = Buffer.concat(await all(touching.merged())).toString('latin1');
+  assert.equal(t2, rec(T0, 1, 'x') + rec(T0, 2, 'y') + rec(T0, 3, 'z'));
+});
