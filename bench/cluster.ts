@@ -9,11 +9,11 @@
 //   node holds it live, and how many recorded it as left rather than dead.
 // The reference for each figure is the protocol's own bound at the same settings, printed beside it.
 // Run alone: `npx tsx bench/cluster.ts`; from `npm run bench`, `run()` returns the markdown section.
-import { pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { type Cluster, GOSSIP_DEFAULTS, startCluster } from '../node/cluster/index.ts';
 import { suspicionTimeout } from '../node/cluster/suspicion.ts';
+import { runIfMain } from './lib.ts';
 
 const SIZES = (process.env.BENCH_CLUSTER_SIZES ?? '10,30').split(',').map(Number);
 const KILLS = Number(process.env.BENCH_CLUSTER_KILLS ?? 3);
@@ -124,12 +124,4 @@ ${verdict}
 `;
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
-  run().then(
-    (md) => process.stdout.write(md),
-    (err) => {
-      process.stderr.write(`cluster bench failed: ${(err as Error).stack ?? err}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, run);

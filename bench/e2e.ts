@@ -5,10 +5,11 @@
 // sent over TCP to a process that only writes them to a file, in the same run.
 import { execFile, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort, spawnTs, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
+import { memoryMiB, runIfMain } from './lib.ts';
 
 const execFileP = promisify(execFile);
 const RECORDS = Number(process.env.BENCH_E2E_RECORDS ?? 2_000_000);
@@ -74,12 +75,6 @@ async function rawReference(input: string, dir: string): Promise<number> {
   return Number(process.hrtime.bigint() - started) / 1e9;
 }
 
-async function vmHwmMiB(pid: number): Promise<number> {
-  const s = await readFile(`/proc/${pid}/status`, 'utf8');
-  const m = /VmHWM:\s+(\d+) kB/.exec(s);
-  return m ? Number(m[1]) / 1024 : Number.NaN;
-}
-
 async function queryCount(
   api: string,
   params: Record<string, string>,
@@ -131,17 +126,17 @@ export async function run(): Promise<string> {
     const rawRate = RECORDS / rawSec;
 
     process.stderr.write('ingeststore + forward...\n');
-    const node = await startOklog('ingeststore', [
-      '-ingest.path',
-      join(tmp.path, 'ingest'),
-      '-store.path',
-      join(tmp.path, 'store'),
-    ]);
+    // Node and forwarder are started with the `oklog` command, as users run them.
+    const node = await startOklog(
+      'ingeststore',
+      ['-ingest.path', join(tmp.path, 'ingest'), '-store.path', join(tmp.path, 'store')],
+      { launcher: true },
+    );
     try {
       const started = Date.now();
       // `oklog forward < input.log`: the forwarder reads the file itself, as `cat` does for raw.
       const fh = await open(input);
-      const fwd = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: fh.fd });
+      const fwd = spawnTs('cli/oklog.js', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: fh.fd });
       await fwd.exited;
       await fh.close();
       const forwardedSec = (Date.now() - started) / 1000;
@@ -153,7 +148,7 @@ export async function run(): Promise<string> {
 
       // Latency of a single record at default settings, through a forwarder that stays connected
       // (as `app | oklog forward` does): the ingester's flush age, then the consumer's gather.
-      const one = spawnTs('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
+      const one = spawnTs('cli/oklog.js', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
       await waitFor(() => one.stderr().includes('connected'), 'probe forwarder connected', 30_000);
       const tag = `LATENCYPROBE${Date.now()}`;
       const t0 = Date.now();
@@ -174,21 +169,30 @@ export async function run(): Promise<string> {
       // Full-scan query vs grep over the same stored records (files are in the OS cache after the export).
       const from = '2000-01-01T00:00:00Z';
       const exp = await queryCount(node.api, { from, to: 'now' });
-      const q = await queryCount(node.api, { from, to: 'now', q: MARKER });
+      // Best of three for both the query and grep: the first of each may pay for cold caches.
+      let q = await queryCount(node.api, { from, to: 'now', q: MARKER });
+      for (let i = 0; i < 2; i++) {
+        const again = await queryCount(node.api, { from, to: 'now', q: MARKER });
+        if (again.seconds < q.seconds) q = again;
+      }
       const storeDir = join(tmp.path, 'store');
       const files = (await readdir(storeDir))
         .filter((f) => f.endsWith('.flushed'))
         .map((f) => join(storeDir, f));
       let storedBytes = 0;
       for (const f of files) storedBytes += (await stat(f)).size;
-      const g0 = process.hrtime.bigint();
-      const grep = await execFileP('grep', ['-F', '-c', '-h', MARKER, ...files], { maxBuffer: 1 << 24 });
-      const grepSec = Number(process.hrtime.bigint() - g0) / 1e9;
+      let grepSec = Number.POSITIVE_INFINITY;
+      let grep = { stdout: '' };
+      for (let i = 0; i < 3; i++) {
+        const g0 = process.hrtime.bigint();
+        grep = await execFileP('grep', ['-F', '-c', '-h', MARKER, ...files], { maxBuffer: 1 << 24 });
+        grepSec = Math.min(grepSec, Number(process.hrtime.bigint() - g0) / 1e9);
+      }
       const grepCount = grep.stdout
         .trim()
         .split('\n')
         .reduce((a, l) => a + Number(l), 0);
-      const rssMiB = await vmHwmMiB(node.proc.pid);
+      const rssMiB = (await memoryMiB(node.proc.pid)).hwm;
 
       const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
       return [
@@ -199,7 +203,7 @@ export async function run(): Promise<string> {
         '| measure | oklog | reference | ratio | target |',
         '| --- | --- | --- | --- | --- |',
         `| forward until all queryable | ${e2eSec.toFixed(1)} s, ${Math.round(e2eRate).toLocaleString('en')} rec/s, ${(mib / e2eSec).toFixed(1)} MiB/s (stdin drained in ${forwardedSec.toFixed(1)} s) | raw TCP→file ${rawSec.toFixed(2)} s, ${Math.round(rawRate).toLocaleString('en')} rec/s | ${pct(e2eRate / rawRate)} | ≥ 20% |`,
-        `| full-scan marker query (${q.lines} matches) | ${q.seconds.toFixed(3)} s | \`grep -F -c\` ${grepSec.toFixed(3)} s (${grepCount} matches) over ${(storedBytes / 2 ** 20).toFixed(0)} MiB stored | ${pct(grepSec / q.seconds)} of grep's speed | ≥ 50% |`,
+        `| full-scan marker query (${q.lines} matches), best of 3 | ${q.seconds.toFixed(3)} s | \`grep -F -c\` best of 3 ${grepSec.toFixed(3)} s (${grepCount} matches) over ${(storedBytes / 2 ** 20).toFixed(0)} MiB stored | ${pct(grepSec / q.seconds)} of grep's speed | ≥ 50% |`,
         `| full export | ${exp.seconds.toFixed(2)} s, ${exp.lines.toLocaleString('en')} records, ${(exp.bytes / 2 ** 20 / exp.seconds).toFixed(0)} MiB/s | | | |`,
         `| latency of one record through a connected forwarder | ${latencySec.toFixed(2)} s | | | ≤ 5 s |`,
         `| ingeststore peak RSS (VmHWM) | ${rssMiB.toFixed(0)} MiB | | | < 300 MiB |`,
@@ -214,12 +218,4 @@ export async function run(): Promise<string> {
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  run().then(
-    (s) => process.stdout.write(`${s}\n`),
-    (err) => {
-      process.stderr.write(`${(err as Error).stack}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, run);

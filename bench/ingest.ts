@@ -9,10 +9,10 @@
 // Each throughput is the best of ROUNDS, alternating reference and oklog.
 // Run alone: `npx tsx bench/ingest.ts`; from `npm run bench`, `run()` returns the markdown section.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { freePort, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
+import { memoryMiB, runIfMain } from './lib.ts';
 
 const RECORDS = Number(process.env.BENCH_INGEST_RECORDS ?? 1_000_000);
 const DURABLE_RECORDS = Number(process.env.BENCH_INGEST_DURABLE_RECORDS ?? 200_000);
@@ -162,11 +162,6 @@ async function oklogRun(api: string, port: number, slices: Buffer[], records: nu
   return Number(process.hrtime.bigint() - started) / 1e9;
 }
 
-async function vmHwmMiB(pid: number): Promise<number> {
-  const m = /VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : Number.NaN;
-}
-
 const fmt = (n: number) => Math.round(n).toLocaleString('en');
 
 export async function run(): Promise<string> {
@@ -177,7 +172,7 @@ export async function run(): Promise<string> {
     const fast = generate(RECORDS, CONNS);
     const durable = generate(DURABLE_RECORDS, CONNS);
     const mib = fast.bytes / 2 ** 20;
-    const node = await startOklog('ingest', ['-ingest.path', join(tmp.path, 'ingest')]);
+    const node = await startOklog('ingest', ['-ingest.path', join(tmp.path, 'ingest')], { launcher: true });
     try {
       let bestRaw = Number.POSITIVE_INFINITY;
       let bestFast = Number.POSITIVE_INFINITY;
@@ -209,7 +204,7 @@ export async function run(): Promise<string> {
         bestDurable = Math.min(bestDurable, s);
         log(`durable round ${r + 1}: fsync/record ${fmt(bestFsync)} rec/s, oklog durable ${s.toFixed(3)} s`);
       }
-      const rss = await vmHwmMiB(node.proc.pid);
+      const rss = (await memoryMiB(node.proc.pid)).hwm;
       const rawRate = RECORDS / bestRaw;
       const fastRate = RECORDS / bestFast;
       const durableRate = DURABLE_RECORDS / bestDurable;
@@ -235,12 +230,4 @@ export async function run(): Promise<string> {
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
-  run().then(
-    (md) => process.stdout.write(`${md}\n`),
-    (err) => {
-      process.stderr.write(`ingest bench failed: ${(err as Error).stack ?? err}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, run);

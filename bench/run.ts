@@ -9,6 +9,7 @@ import { join } from 'node:path';
 const BENCHES: Record<string, () => Promise<{ run: () => Promise<string> }>> = {
   ingest: () => import('./ingest.ts'),
   e2e: () => import('./e2e.ts'),
+  stream: () => import('./stream.ts'),
   cluster: () => import('./cluster.ts'),
 };
 

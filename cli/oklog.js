@@ -1,7 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript entry point in-process through tsx (no build step, no child process,
-// so signals sent to this pid reach the node itself).
-import { register } from 'tsx/esm/api';
+// The `oklog` command: runs cli/oklog.ts in this process (see launch.js: bundled once, cached).
+import { launch } from './launch.js';
 
-register();
-await import('./oklog.ts');
+await launch(new URL('./oklog.ts', import.meta.url).pathname);

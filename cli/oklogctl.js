@@ -1,6 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript entry point in-process through tsx (no build step, no child process).
-import { register } from 'tsx/esm/api';
+// The `oklogctl` command: runs cli/oklogctl.ts in this process (see launch.js: bundled once, cached).
+import { launch } from './launch.js';
 
-register();
-await import('./oklogctl.ts');
+await launch(new URL('./oklogctl.ts', import.meta.url).pathname);

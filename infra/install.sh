@@ -130,7 +130,13 @@ if [ "$root" = / ]; then
   [ "$(id -u)" = 0 ] || die "run as root (or use --root DIR / --dry-run)"
   # Check before changing anything, so a host without systemd is not left half-installed.
   [ "$start" = 0 ] || [ -d /run/systemd/system ] || die "systemd is not running here; use --no-start"
-  command -v oklog >/dev/null 2>&1 || echo "install.sh: warning: oklog is not on PATH yet" >&2
+  if command -v oklog >/dev/null 2>&1; then
+    # Builds the start-up bundle (cli/launch.js) while we may still write the package's
+    # directory; the service user may not, and would then start through the slower tsx path.
+    oklog -h >/dev/null 2>&1 || true
+  else
+    echo "install.sh: warning: oklog is not on PATH yet" >&2
+  fi
   id -u "$user" >/dev/null 2>&1 ||
     useradd --system --home-dir "$data" --no-create-home --shell /usr/sbin/nologin "$user"
 fi

@@ -354,11 +354,9 @@ export class IngestLog {
     return { stream: this.stream(c), size: c.segment.size };
   }
 
-  private stream(c: Claim): Readable {
+  private stream(c: Claim, highWaterMark = 256 * 1024): Readable {
     c.streaming++;
-    const stream = this.fs.createReadStream(this.path(c.segment.id, 'pending'), {
-      highWaterMark: 256 * 1024,
-    });
+    const stream = this.fs.createReadStream(this.path(c.segment.id, 'pending'), { highWaterMark });
     stream.once('close', () => {
       c.streaming--;
     });
@@ -374,7 +372,7 @@ export class IngestLog {
     this.ensureOpen();
     const c = this.claim(id);
     if (!c.reading) throw new SegmentNotReadError(id);
-    return this.stream(c);
+    return this.stream(c, 1024 * 1024); // in-process: fewer, larger reads
   }
 
   /**

@@ -136,6 +136,8 @@ export async function receiveSegment(log: StoreLog, body: AsyncIterable<Buffer>)
     let active: ActiveFile | null = null;
     let batch: Buffer[] = [];
     let batchBytes = 0;
+    // One write in flight while the next batch is read and checked (memory: two batches).
+    let writing: Promise<void> = Promise.resolve();
     try {
       for await (const chunk of body) {
         if (chunk.length === 0) continue;
@@ -145,18 +147,22 @@ export async function receiveSegment(log: StoreLog, body: AsyncIterable<Buffer>)
         batch.push(chunk);
         batchBytes += chunk.length;
         if (batchBytes >= WRITE_BATCH) {
-          await active.file.write(batch);
+          await writing;
+          writing = active.file.write(batch);
+          writing.catch(() => {}); // observed by the next await; never an unhandled rejection
           batch = [];
           batchBytes = 0;
         }
       }
       v.end();
+      await writing;
       if (active === null || v.low === null || v.high === null) return { entry: null, records: 0, bytes: 0 };
       if (batchBytes > 0) await active.file.write(batch);
       // The sender commits (and deletes its copy) once we answer: make the data durable first.
       await active.file.sync();
       await active.file.close();
     } catch (err) {
+      await writing.catch(() => {});
       if (active !== null) {
         await active.file.close().catch(() => {});
         await log.discard(active.path);

@@ -127,7 +127,8 @@ let workerSource: string | null = null;
  * some 60 ms as plain JavaScript.
  */
 function spawnWorker(): Worker {
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./scan-worker.js', import.meta.url));
+  // Bundled by cli/launch.js: the worker's bundle lies beside this one.
+  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./scan-worker.mjs', import.meta.url));
   if (workerSource === null) {
     const esbuild = createRequire(import.meta.url)('esbuild') as typeof import('esbuild');
     const built = esbuild.buildSync({

@@ -120,8 +120,10 @@ export function spawnTs(
     nodeArgs?: string[];
   } = {},
 ): Proc {
+  // A .js script is a launcher (cli/oklog.js: the cached bundle), which needs no loader.
+  const loader = script.endsWith('.ts') ? ['--import', TSX] : [];
   const nodeArgs = options.nodeArgs ?? [];
-  const child = spawn(process.execPath, [...nodeArgs, '--import', TSX, join(ROOT, script), ...args], {
+  const child = spawn(process.execPath, [...nodeArgs, ...loader, join(ROOT, script), ...args], {
     cwd: options.cwd ?? ROOT,
     env: { ...process.env, ...options.env },
     stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
@@ -163,14 +165,25 @@ export function spawnTs(
 export async function startOklog(
   mode: 'ingest' | 'store' | 'ingeststore',
   args: string[],
-  options: { cwd?: string; ports?: NodePorts; env?: NodeJS.ProcessEnv; nodeArgs?: string[] } = {},
+  options: {
+    cwd?: string;
+    ports?: NodePorts;
+    env?: NodeJS.ProcessEnv;
+    nodeArgs?: string[];
+    /** Start through the `oklog` command (cli/oklog.js) as users do, instead of tsx. */
+    launcher?: boolean;
+  } = {},
 ) {
   const ports = options.ports ?? (await nodePorts());
-  const proc = spawnTs('cli/oklog.ts', [mode, ...portFlags(ports), ...args], {
-    cwd: options.cwd,
-    env: options.env,
-    nodeArgs: options.nodeArgs,
-  });
+  const proc = spawnTs(
+    options.launcher ? 'cli/oklog.js' : 'cli/oklog.ts',
+    [mode, ...portFlags(ports), ...args],
+    {
+      cwd: options.cwd,
+      env: options.env,
+      nodeArgs: options.nodeArgs,
+    },
+  );
   const api = `http://127.0.0.1:${ports.api}`;
   try {
     await waitFor(
