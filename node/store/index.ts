@@ -176,7 +176,8 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const http = new LocalFirstHttp(new NodeConsumerHttp(), {
     self: () => opts.peers.selfApiAddr?.() ?? null,
     ingest: opts.localIngest,
-    replicate: replicaReceiver({ log, metrics, onReplicated }),
+    // The consumer validated every segment it merges: its own copy is not checked twice.
+    replicate: replicaReceiver({ log, metrics, onReplicated }, true),
   });
   const consumers = Array.from(
     { length: consumersN },

@@ -15,6 +15,12 @@ import type { ActiveFile, SegmentEntry, StoreLog } from './store-log.ts';
 const NL = 0x0a;
 const nudge = new GcNudge();
 const WRITE_BATCH = 1 << 20;
+/**
+ * Written data is flushed (fdatasync) every this many bytes while the body streams in, so the
+ * final fsync before the answer has little left to do: the disk works while the body arrives
+ * instead of after it, and the sender waits less for its answer.
+ */
+const SYNC_EVERY = 16 << 20;
 
 /**
  * Streaming validator of a replication body: push chunks, then end(). Throws InvalidRecordsError.
@@ -122,6 +128,33 @@ export class RecordValidator {
   }
 }
 
+/**
+ * The bookkeeping of RecordValidator without its checks, for a body this process merged itself
+ * from segments it validated when it gathered them (the consumer's copy to its own node): counts
+ * records and notes the first and last ULIDs. Chunks must be whole lines (merge output is).
+ */
+export class TrustedRecords {
+  records = 0;
+  bytes = 0;
+  readonly duplicates = 0; // the merge dropped them
+  low: string | null = null;
+  high: string | null = null;
+
+  push(chunk: Buffer): void {
+    if (chunk[chunk.length - 1] !== NL)
+      throw new InvalidRecordsError('invalid records: a chunk of a merged body ends inside a record', {
+        line: this.records + 1,
+      });
+    this.low ??= chunk.toString('latin1', 0, ULID_LENGTH);
+    const last = chunk.length > 1 ? chunk.lastIndexOf(NL, chunk.length - 2) + 1 : 0;
+    this.high = chunk.toString('latin1', last, last + ULID_LENGTH);
+    for (let i = chunk.indexOf(NL); i >= 0; i = chunk.indexOf(NL, i + 1)) this.records++;
+    this.bytes += chunk.length;
+  }
+
+  end(): void {}
+}
+
 export interface ReplicateResult {
   /** The new segment, or null for an empty body. */
   entry: SegmentEntry | null;
@@ -129,15 +162,23 @@ export interface ReplicateResult {
   bytes: number;
 }
 
-/** Stores one replicated segment from `body` (e.g. `request.raw`). */
-export async function receiveSegment(log: StoreLog, body: AsyncIterable<Buffer>): Promise<ReplicateResult> {
+/**
+ * Stores one replicated segment from `body` (e.g. `request.raw`). `trusted`: the body was merged
+ * by this process from segments it validated (see TrustedRecords); anything else is checked.
+ */
+export async function receiveSegment(
+  log: StoreLog,
+  body: AsyncIterable<Buffer>,
+  trusted = false,
+): Promise<ReplicateResult> {
   return log.write(async () => {
-    const v = new RecordValidator();
+    const v = trusted ? new TrustedRecords() : new RecordValidator();
     let active: ActiveFile | null = null;
     let batch: Buffer[] = [];
     let batchBytes = 0;
     // One write in flight while the next batch is read and checked (memory: two batches).
     let writing: Promise<void> = Promise.resolve();
+    let unsynced = 0;
     try {
       for await (const chunk of body) {
         if (chunk.length === 0) continue;
@@ -148,7 +189,11 @@ export async function receiveSegment(log: StoreLog, body: AsyncIterable<Buffer>)
         batchBytes += chunk.length;
         if (batchBytes >= WRITE_BATCH) {
           await writing;
-          writing = active.file.write(batch);
+          const file = active.file;
+          unsynced += batchBytes;
+          const sync = unsynced >= SYNC_EVERY;
+          if (sync) unsynced = 0;
+          writing = file.write(batch).then(() => (sync ? file.sync() : undefined));
           writing.catch(() => {}); // observed by the next await; never an unhandled rejection
           batch = [];
           batchBytes = 0;

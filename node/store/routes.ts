@@ -73,14 +73,16 @@ function failedNodesHeader(failed: readonly FailedNode[]): string {
 
 /**
  * Stores one replicated segment (`POST /store/replicate`'s work, also called in-process by this
- * node's own consumer): validated, counted, announced to live streams. Resolves to the answer.
+ * node's own consumer): validated (unless `trusted`: merged by this process's consumer from
+ * segments it validated), counted, announced to live streams. Resolves to the answer.
  */
 export function replicaReceiver(
   opts: Pick<StoreRoutesOptions, 'log' | 'metrics' | 'onReplicated'>,
+  trusted = false,
 ): (body: AsyncIterable<Buffer>) => Promise<string> {
   return async (body) => {
     try {
-      const r = await receiveSegment(opts.log, body);
+      const r = await receiveSegment(opts.log, body, trusted);
       opts.metrics.replicatedSegments.inc({ direction: 'ingress' });
       opts.metrics.replicatedBytes.inc({ direction: 'ingress' }, r.bytes);
       if (r.entry === null) return 'No records\n';

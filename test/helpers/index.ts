@@ -161,6 +161,13 @@ export function spawnTs(
   };
 }
 
+/** portFlags without the ingest listeners for a store node (which has none). */
+function nodeFlags(mode: string, ports: NodePorts): string[] {
+  const flags = portFlags(ports);
+  if (mode !== 'store') return flags;
+  return flags.filter((f, i) => !f.startsWith('-ingest.') && !flags[i - 1]?.startsWith('-ingest.'));
+}
+
 /** Starts `oklog <mode>` with loopback ports and waits until /health answers. */
 export async function startOklog(
   mode: 'ingest' | 'store' | 'ingeststore',
@@ -177,7 +184,7 @@ export async function startOklog(
   const ports = options.ports ?? (await nodePorts());
   const proc = spawnTs(
     options.launcher ? 'cli/oklog.js' : 'cli/oklog.ts',
-    [mode, ...portFlags(ports), ...args],
+    [mode, ...nodeFlags(mode, ports), ...args],
     {
       cwd: options.cwd,
       env: options.env,

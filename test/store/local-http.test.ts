@@ -14,9 +14,10 @@ import type { ConsumerHttp, HttpResponse } from '../../node/store/http-client.ts
 import { LocalFirstHttp } from '../../node/store/local-http.ts';
 import { createStoreMetrics } from '../../node/store/metrics.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
+import { TrustedRecords } from '../../node/store/replicate.ts';
 import { replicaReceiver } from '../../node/store/routes.ts';
 import { tempDir } from '../helpers/index.ts';
-import { rec, T0 } from './consumer-fakes.ts';
+import { rec, T0, ulidAt } from './consumer-fakes.ts';
 
 const silent = pino({ level: 'silent' });
 const SELF = '127.0.0.1:7650';
@@ -229,4 +230,14 @@ test('disjoint segments are joined in ULID order without a merge; a duplicate in
   touching.add(Buffer.from(rec(T0, 2, 'y copy') + rec(T0, 3, 'z')));
   const t2 = Buffer.concat(await all(touching.merged())).toString('latin1');
   assert.equal(t2, rec(T0, 1, 'x') + rec(T0, 2, 'y') + rec(T0, 3, 'z'));
+});
+
+test('TrustedRecords counts whole-line chunks and notes the first and last ULIDs; a cut chunk is refused', () => {
+  const t = new TrustedRecords();
+  t.push(Buffer.from(rec(T0, 1, 'a') + rec(T0, 2, 'b')));
+  t.push(Buffer.from(rec(T0, 3, 'c')));
+  t.end();
+  assert.deepEqual([t.records, t.low, t.high], [3, ulidAt(T0, 1), ulidAt(T0, 3)]);
+  assert.equal(t.bytes, (rec(T0, 1, 'a') + rec(T0, 2, 'b') + rec(T0, 3, 'c')).length);
+  assert.throws(() => t.push(Buffer.from(rec(T0, 4, 'd').slice(0, 20))), { status: 400 });
 });
