@@ -5,6 +5,7 @@ import Fastify, {
   type FastifyInstance,
   type FastifyPluginAsync,
   type FastifyRequest,
+  LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
 import { Histogram, type Registry } from 'prom-client';
@@ -26,7 +27,9 @@ function metricPath(req: FastifyRequest): string | null {
 export async function buildApiServer(opts: ApiServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: opts.logger as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // Request logging off (nodes log what they handle themselves), the fastify 5.8+ way: the
+    // top-level disableRequestLogging option prints a deprecation warning at every start.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024 * 1024,
     forceCloseConnections: true,
     return503OnClosing: true,
