@@ -7,26 +7,13 @@ import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import type { PeerInfo, PeerRole, Peers } from '../../node/cluster/peers.ts';
-import { encodeTime } from '../../shared/ulid.ts';
+import { line } from './helpers.ts';
 
-const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+export { T0, ulidAt } from './helpers.ts';
 
-/** A canonical ULID for millisecond `ms` whose entropy encodes `n` (sorts by (ms, n)). */
-export function ulidAt(ms: number, n = 0): string {
-  const b = Buffer.alloc(26, 0x30);
-  encodeTime(ms, b, 0);
-  let v = n;
-  for (let i = 25; i >= 10 && v > 0; i--) {
-    b[i] = ALPHABET.charCodeAt(v % 32);
-    v = Math.floor(v / 32);
-  }
-  return b.toString('latin1');
-}
-
-export const T0 = Date.UTC(2024, 0, 1);
-
+/** One record of the default topic: `<ULID> default <text>\n`. */
 export function rec(ms: number, n: number, text: string): string {
-  return `${ulidAt(ms, n)} default ${text}\n`;
+  return line(ms, n, text);
 }
 
 async function listen(server: Server): Promise<string> {
