@@ -15,6 +15,7 @@ import type { Socket } from 'node:net';
 import type { IngestContext } from './context.ts';
 import type { Framed, LineFramer } from './line-reader.ts';
 import type { Connection, ConnectionSet } from './listeners.ts';
+import { WriteQueue } from './write-queue.ts';
 import type { Writer } from './writer.ts';
 
 /** How long an upload answered ERR early may keep sending before it is cut off. */
@@ -30,11 +31,7 @@ export class BulkConnection implements Connection {
   private state: State = 'receiving';
   private records = 0;
   private bytes = 0;
-  private queue: Buffer[] = [];
-  private queuedRecords = 0;
-  private queuedBytes = 0;
-  private writing: Promise<void> | null = null;
-  private writeFailed = false;
+  private readonly queue: WriteQueue;
   private cancelWait: (() => void) | null = null;
   private waitTimer: NodeJS.Timeout | null = null;
   private discardTimer: NodeJS.Timeout | null = null;
@@ -49,6 +46,7 @@ export class BulkConnection implements Connection {
     this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.framer = ctx.framer();
     this.writer = ctx.writer(false);
+    this.queue = new WriteQueue(this.writer, ctx.memory, false);
     this.settled = new Promise((r) => {
       this.settle = r;
     });
@@ -81,40 +79,21 @@ export class BulkConnection implements Connection {
       return false;
     }
     this.records += framed.records;
-    this.queue.push(framed.buf);
-    this.queuedRecords += framed.records;
-    this.queuedBytes += framed.buf.length;
-    if (this.queuedBytes > MAX_QUEUED_BYTES) this.socket.pause();
-    this.pump();
+    this.queue.push(framed.buf, framed.records);
+    if (this.queue.bytes > MAX_QUEUED_BYTES || this.ctx.memory.full) this.socket.pause();
+    void this.pump();
     return true;
   }
 
-  private pump(): Promise<void> {
-    this.writing ??= Promise.resolve().then(() => this.drain());
-    return this.writing;
+  /** Writes what is queued; then reads on (see write-queue.ts), or refuses after a failed write. */
+  private async pump(): Promise<void> {
+    await this.queue.pump();
+    if (this.queue.failed && this.state === 'receiving') void this.reject('write failed');
+    else if (this.state === 'receiving' && this.queue.empty && this.socket.isPaused()) this.socket.resume();
   }
 
-  private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
-      const bufs = this.queue;
-      const records = this.queuedRecords;
-      this.queue = [];
-      this.queuedRecords = 0;
-      this.queuedBytes = 0;
-      if (this.writeFailed) continue;
-      try {
-        await this.writer.write(bufs, records);
-      } catch {
-        this.writeFailed = true; // logged and counted by the writer
-      }
-    }
-    this.writing = null;
-    if (this.writeFailed && this.state === 'receiving') void this.reject('write failed');
-    else if (this.state === 'receiving' && this.socket.isPaused()) this.socket.resume();
-  }
-
-  private async flushQueue(): Promise<void> {
-    while (this.writing || this.queue.length > 0) await (this.writing ?? this.pump());
+  private flushQueue(): Promise<void> {
+    return this.queue.idle();
   }
 
   /** The half-close: the upload is complete. Flush it as one segment and wait for its commit. */
@@ -126,7 +105,7 @@ export class BulkConnection implements Connection {
     if (!this.accept(framed)) return;
     this.state = 'waiting';
     await this.flushQueue();
-    if (this.writeFailed) return this.reply('ERR write failed', true);
+    if (this.queue.failed) return this.reply('ERR write failed', true);
     if (this.records === 0) {
       await this.writer.close();
       return this.reply('OK 0', false);
@@ -137,7 +116,7 @@ export class BulkConnection implements Connection {
     const wait = this.ctx.log.whenCommitted(seg.id);
     this.cancelWait = wait.cancel;
     await this.writer.close();
-    if (this.writeFailed || this.state !== 'waiting') {
+    if (this.queue.failed || this.state !== 'waiting') {
       wait.cancel();
       return this.state === 'waiting' ? this.reply('ERR write failed', true) : undefined;
     }
@@ -155,7 +134,7 @@ export class BulkConnection implements Connection {
   private async reject(reason: string): Promise<void> {
     if (this.state !== 'receiving') return;
     this.state = 'discarding';
-    this.queue = [];
+    this.queue.clear();
     this.framer.discard();
     this.ctx.metrics.bulkResults.inc({ result: 'err' });
     this.ctx.logger.info({ remote: this.remote, reason }, 'bulk upload refused');
@@ -183,7 +162,7 @@ export class BulkConnection implements Connection {
   private async onClose(): Promise<void> {
     if (this.state === 'receiving') {
       this.state = 'done';
-      this.queue = [];
+      this.queue.clear();
       this.framer.discard();
       await this.flushQueue();
       await this.writer.discard();
@@ -214,7 +193,7 @@ export class BulkConnection implements Connection {
     if (this.state === 'receiving' || this.state === 'discarding') {
       const wasReceiving = this.state === 'receiving';
       this.state = 'done';
-      this.queue = [];
+      this.queue.clear();
       this.framer.discard();
       await this.cleanup;
       await this.flushQueue();

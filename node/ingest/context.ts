@@ -6,6 +6,7 @@ import { LineFramer, type TopicMode } from './line-reader.ts';
 import type { IngestMetrics } from './metrics.ts';
 import { RateLimitedLog } from './rate-limit.ts';
 import type { IngestLog } from './segment-log.ts';
+import { DEFAULT_INGEST_MEMORY, IngestMemory } from './write-queue.ts';
 import { Writer, type WriteTally } from './writer.ts';
 
 export interface IngestSettings {
@@ -21,6 +22,8 @@ export interface IngestSettings {
 
 export class IngestContext {
   readonly tally: WriteTally = { records: 0, bytes: 0 };
+  /** Framed bytes queued for the disk by every connection together (see write-queue.ts). */
+  readonly memory = new IngestMemory(DEFAULT_INGEST_MEMORY);
   /** One shared limiter: a flood of oversized lines logs a line every 10 s, not one per line. */
   readonly tooLargeLog: RateLimitedLog;
   constructor(

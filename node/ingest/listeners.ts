@@ -12,6 +12,7 @@ import type { IngestContext } from './context.ts';
 import { ListenError } from './errors.ts';
 import type { Framed, LineFramer } from './line-reader.ts';
 import type { IngestMetrics, Modality } from './metrics.ts';
+import { WriteQueue } from './write-queue.ts';
 import type { Writer } from './writer.ts';
 
 /** Fast mode stops reading a connection once this many framed bytes wait for the disk. */
@@ -62,14 +63,10 @@ export class StreamConnection implements Connection {
   private readonly writer: Writer;
   private readonly durable: boolean;
   private readonly remote: string;
-  private queue: Buffer[] = [];
-  private queuedRecords = 0;
-  private queuedBytes = 0;
-  private writing: Promise<void> | null = null;
+  private readonly queue: WriteQueue;
   private finishing: Promise<void> | null = null;
   /** Set synchronously when finishing starts: no more reading, no more resuming. */
   private closing = false;
-  private failed = false;
 
   constructor(
     private readonly socket: Socket,
@@ -81,6 +78,9 @@ export class StreamConnection implements Connection {
     this.remote = remoteOf(socket);
     this.framer = ctx.framer();
     this.writer = ctx.writer();
+    this.queue = new WriteQueue(this.writer, ctx.memory, this.durable, (records) =>
+      ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records),
+    );
     set.add(this, modality);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => {
@@ -107,47 +107,27 @@ export class StreamConnection implements Connection {
       void this.finish('invalid_topic');
       return;
     }
-    if (this.queue.length === 0) return;
-    if (this.durable || this.queuedBytes > MAX_QUEUED_BYTES) this.socket.pause();
-    this.pump();
+    if (this.queue.empty) return;
+    if (this.durable || this.queue.bytes > MAX_QUEUED_BYTES || this.ctx.memory.full) this.socket.pause();
+    void this.pump();
   }
 
   private accept(framed: Framed): void {
     this.ctx.tooLarge(framed.tooLarge, this.remote, this.modality);
-    if (!framed.buf) return;
-    this.queue.push(framed.buf);
-    this.queuedRecords += framed.records;
-    this.queuedBytes += framed.buf.length;
+    if (framed.buf) this.queue.push(framed.buf, framed.records);
   }
 
-  /** Writes everything queued, batch after batch, then resumes reading. */
-  private pump(): Promise<void> {
-    // Started on a later microtask so `writing` is set before drain() can clear it.
-    this.writing ??= Promise.resolve().then(() => this.drain());
-    return this.writing;
-  }
-
-  private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
-      const bufs = this.queue;
-      const records = this.queuedRecords;
-      this.queue = [];
-      this.queuedRecords = 0;
-      this.queuedBytes = 0;
-      if (this.failed) {
-        this.ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records);
-        continue;
-      }
-      try {
-        await this.writer.write(bufs, records, this.durable);
-      } catch {
-        // Logged and counted by the writer. Close the connection; the node stays up.
-        this.failed = true;
-        this.socket.destroy();
-      }
+  /** Writes everything queued, then resumes reading. */
+  private async pump(): Promise<void> {
+    await this.queue.pump();
+    if (this.queue.failed) {
+      // Logged and counted by the writer. Close the connection; the node stays up.
+      this.socket.destroy();
+      return;
     }
-    this.writing = null; // synchronously with the emptiness check above: nothing is left behind
-    if (!this.closing && this.socket.isPaused()) this.socket.resume();
+    // Nothing of ours is queued any more, so we may read on even when the budget is full (one
+    // chunk at a time): a connection is never starved by the others' queues.
+    if (!this.closing && this.queue.empty && this.socket.isPaused()) this.socket.resume();
   }
 
   shutdown(): Promise<void> {
@@ -168,7 +148,7 @@ export class StreamConnection implements Connection {
       const cut = this.framer.discard();
       if (cut > 0) this.ctx.metrics.recordsDropped.inc({ reason: 'truncated' }, cut);
     }
-    while (this.writing || this.queue.length > 0) await (this.writing ?? this.pump());
+    await this.queue.idle();
     await this.writer.close();
     this.socket.destroy();
     this.set.delete(this);
