@@ -77,6 +77,59 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Creates `path` with `text` unless it exists (O_EXCL); true when this call created it. */
+async function createExclusive(path: string, text: string): Promise<boolean> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_WRONLY, 0o644);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return true;
+}
+
+/**
+ * Who holds a lock file: a live process; nobody any more (a dead pid, a reused pid with another
+ * start time, garbage, or no file); or, for an empty file, maybe a holder between its create and
+ * its write.
+ */
+async function holderOf(
+  path: string,
+): Promise<{ state: 'alive' | 'stale' | 'starting'; text: string | null }> {
+  const text = await readFile(path, 'utf8').catch(() => null);
+  if (text === null) return { state: 'stale', text };
+  const [pidText, start] = text.trim().split(' ');
+  const pid = Number(pidText);
+  if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
+    const liveStart = await processStartTime(pid);
+    // Same pid and same start time: the holder is alive (or it is us, twice).
+    if (!start || !liveStart || liveStart === start) return { state: 'alive', text };
+    return { state: 'stale', text };
+  }
+  return { state: text === '' ? 'starting' : 'stale', text };
+}
+
+function heldLock(path: string, existed: boolean): Lock {
+  let released = false;
+  return {
+    existed,
+    release: async () => {
+      if (released) throw new Error(`lock ${path} already released`);
+      released = true;
+      await unlink(path).catch(() => {});
+    },
+  };
+}
+
 export class RealFileSystem implements FileSystem {
   readonly kind = 'real' as const;
 
@@ -168,42 +221,46 @@ export class RealFileSystem implements FileSystem {
    * A PID lock file created with O_EXCL. Node has no flock(2); instead the file names its holder
    * (pid and process start time), so a lock left by a killed process is recognised as stale and
    * taken over, while a live holder makes a second process fail at once.
+   *
+   * Taking over a stale lock is itself done under a second lock (`<path>.takeover`), re-reading
+   * the lock once it is held: two processes that start together after a crash may both judge the
+   * old lock stale, and without it the later one would delete the lock the earlier one had just
+   * made, and both would run.
    */
   async lock(path: string): Promise<Lock> {
     await this.mkdirAll(dirname(path));
     const me = `${process.pid} ${(await processStartTime(process.pid)) ?? ''}\n`;
     let existed = false;
-    for (let attempt = 0; attempt < 5; attempt++) {
-      try {
-        const fh = await open(path, fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_WRONLY, 0o644);
-        await fh.writeFile(me);
-        await fh.sync();
-        await fh.close();
-        let released = false;
-        return {
-          existed,
-          release: async () => {
-            if (released) throw new Error(`lock ${path} already released`);
-            released = true;
-            await unlink(path).catch(() => {});
-          },
-        };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-        existed = true;
-        const holder = await readFile(path, 'utf8').catch(() => '');
-        const [pidText, start] = holder.trim().split(' ');
-        const pid = Number(pidText);
-        if (Number.isInteger(pid) && pid > 0 && pidAlive(pid)) {
-          const liveStart = await processStartTime(pid);
-          // Same pid and same start time: the holder is alive (or it is us, twice).
-          if (!start || !liveStart || liveStart === start) throw new LockedError(path);
-        } else if (holder === '' && attempt === 0) {
-          // A holder may be between create and write: give it a moment before judging it stale.
-          await new Promise((r) => setTimeout(r, 50));
-          continue;
+    let waited = false;
+    let waitedTakeover = false;
+    for (let attempt = 0; attempt < 20; attempt++) {
+      if (await createExclusive(path, me)) return heldLock(path, existed);
+      existed = true;
+      const holder = await holderOf(path);
+      if (holder.state === 'alive') throw new LockedError(path);
+      if (holder.state === 'starting' && !waited) {
+        waited = true;
+        await sleep(50); // maybe between its create and its write: judge it again, then as stale
+        continue;
+      }
+      // Stale (or gone): take it over under the takeover lock.
+      const takeover = `${path}.takeover`;
+      if (!(await createExclusive(takeover, me))) {
+        const breaker = await holderOf(takeover);
+        if (breaker.state === 'stale' || (breaker.state === 'starting' && waitedTakeover)) {
+          await unlink(takeover).catch(() => {}); // its taker died
+        } else {
+          waitedTakeover ||= breaker.state === 'starting';
+          await sleep(20); // another process is taking over: see what it made of it
         }
-        await unlink(path).catch(() => {}); // stale: its holder is gone
+        continue;
+      }
+      try {
+        // Held: nobody else can be between judging and replacing. Is it still the stale lock?
+        if ((await readFile(path, 'utf8').catch(() => null)) === holder.text)
+          await unlink(path).catch(() => {});
+      } finally {
+        await unlink(takeover).catch(() => {});
       }
     }
     throw new LockedError(path);

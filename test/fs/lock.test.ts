@@ -62,3 +62,31 @@ test('stale lock files: dead pid, reused pid (different start time), empty or ga
     await lock.release();
   }
 });
+
+test('processes that find the same stale lock at the same moment: exactly one takes it over', async (t) => {
+  const dir = await tempDir();
+  t.after(dir.cleanup);
+  const path = join(dir.path, 'LOCK');
+  for (let round = 0; round < 4; round++) {
+    await writeFile(path, '999999999 12345\n'); // left by a process that died
+    const at = Date.now() + 2500; // after every process has loaded
+    const procs = Array.from({ length: 4 }, () =>
+      spawnTs('test/fs/fixtures/hold-lock.ts', [path, String(at)]),
+    );
+    try {
+      // Every process either holds the lock or has exited refused.
+      await waitFor(
+        () => procs.every((p) => p.stdout().includes('locked') || p.child.exitCode !== null),
+        'every process decided',
+        20_000,
+      );
+      const holders = procs.filter((p) => p.stdout().includes('locked'));
+      assert.equal(holders.length, 1, `round ${round}: ${holders.length} processes hold the lock`);
+      for (const p of procs.filter((x) => !holders.includes(x)))
+        assert.match(p.stderr(), /data directory is in use by another oklog process/);
+      assert.match(await readFile(path, 'utf8'), new RegExp(`^${holders[0].pid} `));
+    } finally {
+      await Promise.all(procs.map((p) => p.kill('SIGKILL')));
+    }
+  }
+});
