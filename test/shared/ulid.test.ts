@@ -88,3 +88,26 @@ test('entropy encoding agrees with a big-integer reference encoder', async () =>
     assert.equal(out.toString('latin1'), ref);
   }
 });
+
+test('within one millisecond every ULID is the previous entropy plus one, carries included', async () => {
+  const { ALPHABET, UlidGenerator } = await import('../../shared/ulid.ts');
+  const decode = (s: string) => [...s.slice(10)].reduce((v, c) => v * 32n + BigInt(ALPHABET.indexOf(c)), 0n);
+  // Random words chosen so that the counter's low characters sit just below a carry.
+  const words = [0xabcd, 0x7ffffffe];
+  const g = new UlidGenerator({ now: () => 1_700_000_000_000, random: () => words.shift() ?? 0 });
+  let prev = g.next();
+  for (let i = 0; i < 5000; i++) {
+    const u = g.next();
+    assert.equal(u.slice(0, 10), prev.slice(0, 10), 'same time part');
+    assert.equal(decode(u), decode(prev) + 1n, `${prev} → ${u}`);
+    prev = u;
+  }
+  // The whole 80 bits wrapping moves the time on by one millisecond, so order is kept.
+  const w = new UlidGenerator({ now: () => 1_700_000_000_000 });
+  (w as unknown as { text: Buffer }).text.write(`${'Z'.repeat(15)}Y`, 10, 'latin1');
+  const before = w.next();
+  const after = w.next();
+  assert.equal(before.slice(10), 'Z'.repeat(16));
+  assert.equal(after.slice(10), '0'.repeat(16));
+  assert.ok(after > before, `${before} < ${after}`);
+});
