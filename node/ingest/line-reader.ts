@@ -92,14 +92,19 @@ export class LineFramer {
     const nl = this.newlines;
     const last = nl[n - 1];
     const out = Buffer.allocUnsafe(this.partialLength + last + 1 + n * this.prefixLength);
+    // The chunk's complete lines are copied once, to the end of `out`; each line then moves left
+    // to its place with copyWithin (a memmove, no per-record view object). A line's place never
+    // lies beyond where it was copied, and nothing written reaches a line not yet moved.
+    const base = out.length - (last + 1);
+    out.set(last + 1 === chunk.length ? chunk : chunk.subarray(0, last + 1), base);
     const offsets = this.ulids ? null : ([] as number[]);
     let o = 0;
     let s = 0;
     for (let k = 0; k < n; k++) {
       const e = nl[k];
-      let src = chunk;
-      let from = s;
-      let to = e;
+      let src = out;
+      let from = base + s;
+      let to = base + e;
       s = e + 1;
       if (k === 0) {
         if (this.skipping) {
@@ -207,8 +212,8 @@ export class LineFramer {
       o += t.length;
       out[o++] = SPACE;
     }
-    // TypedArray#set of a view: on Node 20 about 2.5x faster per record than Buffer#copy.
-    out.set(src.subarray(from, to), o);
+    if (src === out) out.copyWithin(o, from, to);
+    else out.set(src.subarray(from, to), o);
     o += len;
     out[o++] = NEWLINE;
     result.records++;

@@ -121,3 +121,34 @@ test('a chunk with thousands of lines grows the newline index', () => {
   assert.equal(r.records, 5000);
   assert.equal(r.buf?.length, 5000 * (27 + 8 + 1));
 });
+
+test('random lines in random chunks frame exactly as a line-by-line reference, in both topic modes', () => {
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  for (let round = 0; round < 40; round++) {
+    const dynamic = round % 2 === 1;
+    const max = 60;
+    const lines: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      const len = rand(10) === 0 ? max + 1 + rand(100) : rand(max - 8); // some too long
+      let s = dynamic ? `t${rand(3)} ` : '';
+      while (s.length < len) s += String.fromCharCode(0x20 + rand(0x5f));
+      lines.push(s);
+    }
+    const input = Buffer.from(`${lines.join('\n')}\n`, 'latin1');
+    const chunks: Buffer[] = [];
+    for (let p = 0; p < input.length; ) {
+      const n = 1 + rand(rand(4) === 0 ? 400 : 40);
+      chunks.push(input.subarray(p, p + n));
+      p += n;
+    }
+    const f = framer({ topicMode: dynamic ? 'dynamic' : 'static', maxRecordSize: max });
+    const got = frameAll(f, chunks);
+    const want = lines.filter((l) => l.length <= max).map((l) => (dynamic ? l : `default ${l}`));
+    assert.deepEqual(got.records, want, `round ${round}`);
+    assert.equal(got.tooLarge, lines.length - want.length);
+  }
+});
