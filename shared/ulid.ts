@@ -69,29 +69,23 @@ export const mathRandom32: RandomSource = () => Math.floor(Math.random() * 0x1_0
  * time part never goes backwards, even if the wall clock does.
  */
 export class UlidGenerator {
+  private readonly entropy = new Uint8Array(10);
   private lastMs = -1;
-  /**
-   * The last ULID as text. 80 bits are exactly 16 base32 characters, so adding one to the entropy
-   * is adding one to its last 16 characters, with carry: per record that is one or two character
-   * changes and a 26-byte copy instead of a full re-encoding.
-   */
-  private readonly text = Buffer.alloc(ULID_LENGTH);
+  private readonly timeText = Buffer.alloc(10);
   private readonly now: () => number;
 
   constructor(options: { now?: () => number; random?: RandomSource } = {}) {
     this.now = options.now ?? Date.now;
     const random = options.random ?? mathRandom32;
-    const entropy = new Uint8Array(10);
     const prefix = random() & 0xffff;
-    entropy[0] = prefix >> 8;
-    entropy[1] = prefix & 0xff;
+    this.entropy[0] = prefix >> 8;
+    this.entropy[1] = prefix & 0xff;
     // Counter = (random 31-bit value) << 32: low 32 bits start at 0, top bit 0 (room to count).
     const hi = random() & 0x7fffffff;
-    entropy[2] = hi >>> 24;
-    entropy[3] = (hi >>> 16) & 0xff;
-    entropy[4] = (hi >>> 8) & 0xff;
-    entropy[5] = hi & 0xff;
-    encodeEntropy(entropy, 0, this.text, 10);
+    this.entropy[2] = hi >>> 24;
+    this.entropy[3] = (hi >>> 16) & 0xff;
+    this.entropy[4] = (hi >>> 8) & 0xff;
+    this.entropy[5] = hi & 0xff;
   }
 
   /** Writes the next ULID (26 ASCII bytes) into `out` at `off`. */
@@ -99,12 +93,13 @@ export class UlidGenerator {
     let ms = this.now();
     if (ms < this.lastMs) ms = this.lastMs;
     if (this.increment()) ms = this.lastMs + 1; // all 80 bits wrapped: move time on to stay increasing
-    const t = this.text;
     if (ms !== this.lastMs) {
       this.lastMs = ms;
-      encodeTime(ms, t, 0);
+      encodeTime(ms, this.timeText, 0);
     }
-    for (let i = 0; i < ULID_LENGTH; i++) out[off + i] = t[i]; // per record: a loop beats Buffer#copy
+    const t = this.timeText;
+    for (let i = 0; i < 10; i++) out[off + i] = t[i]; // per record: a loop beats a Buffer#copy call
+    encodeEntropy(this.entropy, 0, out, off + 10);
   }
 
   /** The next ULID as a string. */
@@ -114,16 +109,15 @@ export class UlidGenerator {
     return b.toString('latin1');
   }
 
-  /** Adds one to the 80-bit entropy (its 16 characters of text); returns true if it wrapped to zero. */
+  /** Adds one to the 80-bit entropy; returns true if it wrapped to zero. */
   private increment(): boolean {
-    const t = this.text;
-    for (let i = ULID_LENGTH - 1; i >= 10; i--) {
-      const v = DEC[t[i]];
-      if (v !== 31) {
-        t[i] = ENC[v + 1];
+    const e = this.entropy;
+    for (let i = 9; i >= 0; i--) {
+      if (e[i] !== 0xff) {
+        e[i]++;
         return false;
       }
-      t[i] = ENC[0];
+      e[i] = 0;
     }
     return true;
   }
