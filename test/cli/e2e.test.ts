@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { OklogClient } from '../../shared/client.ts';
 import { sleep, startOklog, tempDir, waitFor } from '../helpers/index.ts';
-import { lineNumbers, numberedLines, run, startForward, writeStdin } from './helpers.ts';
+import { lineNumbers, numberedLines, produceThroughRestart, run, startForward } from './helpers.ts';
 
 const nodeArgs = (dir: string) => [
   '-store.segment-target-age',
@@ -84,26 +84,11 @@ test('forwarder reconnects when the ingester restarts; nothing is lost', async (
   const fwd = startForward([`127.0.0.1:${ports.fast}`]);
   cleanups.push(() => fwd.kill('SIGKILL'));
 
-  await waitFor(() => fwd.stderr().includes('msg=connected'), 'forwarder connected');
-  // A steady producer, so records are in flight when the node goes down and while it is away.
-  let next = 1;
-  let producing = true;
-  const producer = (async () => {
-    while (producing) {
-      await writeStdin(fwd, numberedLines(2000, 'payload', next));
-      next += 2000;
-      await sleep(5);
-    }
-  })();
-  await sleep(500);
-  assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
-  await sleep(300);
-  node = await startOklog('ingeststore', nodeArgs(dir.path), { ports });
-  await sleep(500);
-  producing = false;
-  await producer;
-  const total = next - 1;
-  fwd.child.stdin!.end();
+  const total = await produceThroughRestart(fwd, async () => {
+    assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
+    await sleep(300);
+    node = await startOklog('ingeststore', nodeArgs(dir.path), { ports });
+  });
   assert.equal(await fwd.exited, 0, fwd.stderr());
   assert.match(fwd.stderr(), /connection lost|connect failed/);
 

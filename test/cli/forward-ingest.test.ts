@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { sleep, startOklog, tempDir, waitFor } from '../helpers/index.ts';
-import { lineNumbers, numberedLines, run, startForward, writeStdin } from './helpers.ts';
+import { sleep, startOklog, tempDir } from '../helpers/index.ts';
+import { lineNumbers, numberedLines, produceThroughRestart, run, startForward } from './helpers.ts';
 
 let available = false;
 let skipReason = '';
@@ -62,26 +62,11 @@ test('fast mode: the ingester restarts mid-stream and no record is lost', async 
   const fwd = startForward([`127.0.0.1:${ports.fast}`]);
   cleanups.push(() => fwd.kill('SIGKILL'));
 
-  await waitFor(() => fwd.stderr().includes('msg=connected'), 'forwarder connected');
-  // A steady producer, so records are in flight when the node goes down and while it is away.
-  let next = 1;
-  let producing = true;
-  const producer = (async () => {
-    while (producing) {
-      await writeStdin(fwd, numberedLines(2000, 'payload', next));
-      next += 2000;
-      await sleep(5);
-    }
-  })();
-  await sleep(500);
-  assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
-  await sleep(300);
-  node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')], { ports });
-  await sleep(500);
-  producing = false;
-  await producer;
-  const total = next - 1;
-  fwd.child.stdin!.end();
+  const total = await produceThroughRestart(fwd, async () => {
+    assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
+    await sleep(300);
+    node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')], { ports });
+  });
   assert.equal(await fwd.exited, 0, fwd.stderr());
   assert.equal(await node.proc.kill('SIGTERM'), 0);
 

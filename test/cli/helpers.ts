@@ -7,7 +7,7 @@ import {
   type ServerResponse,
 } from 'node:http';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
-import { freePort, type Proc, spawnTs } from '../helpers/index.ts';
+import { freePort, type Proc, sleep, spawnTs, waitFor } from '../helpers/index.ts';
 
 /** Records every byte received, per connection, and can stall, drop or restart. */
 export class TcpSink {
@@ -182,4 +182,30 @@ export async function metric(url: string, name: string): Promise<number> {
   const text = await (await fetch(url)).text();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
   return line ? Number(line.split(' ').pop()) : Number.NaN;
+}
+
+/**
+ * Feeds a running `oklog forward` numbered lines steadily, calls `restart` (which stops and starts
+ * the ingester) while records are in flight, keeps producing a little longer, then ends stdin and
+ * waits for the forwarder to exit. Returns how many lines were produced.
+ */
+export async function produceThroughRestart(fwd: Proc, restart: () => Promise<void>): Promise<number> {
+  await waitFor(() => fwd.stderr().includes('msg=connected'), 'forwarder connected');
+  // A steady producer, so records are in flight when the node goes down and while it is away.
+  let next = 1;
+  let producing = true;
+  const producer = (async () => {
+    while (producing) {
+      await writeStdin(fwd, numberedLines(2000, 'payload', next));
+      next += 2000;
+      await sleep(5);
+    }
+  })();
+  await sleep(500);
+  await restart();
+  await sleep(500);
+  producing = false;
+  await producer;
+  fwd.child.stdin!.end();
+  return next - 1;
 }
