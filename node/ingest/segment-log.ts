@@ -377,7 +377,11 @@ export class IngestLog {
 
   /**
    * `read` for a consumer in this process (an ingeststore): the whole segment in one Buffer, read
-   * in one go instead of streamed through a socket. Same claim rules as `read`.
+   * in one go instead of streamed through a socket. Same claim rules as `read`, and the claim is
+   * then held until it is committed or failed: the pending timeout exists for consumers that
+   * vanish, and one in this process cannot vanish while this log lives. (It keeps a reference to
+   * the segment and streams it again when it replicates: a claim expired meanwhile would make
+   * that fail, batch after batch, with a timeout shorter than a transaction.)
    */
   async readAll(id: string): Promise<Buffer> {
     this.ensureOpen();
@@ -387,8 +391,9 @@ export class IngestLog {
     c.streaming++;
     try {
       return await this.fs.readFile(this.path(c.segment.id, 'pending'));
-    } finally {
-      c.streaming--;
+    } catch (err) {
+      c.streaming--; // not held: the consumer fails the claim (or the timeout will)
+      throw err;
     }
   }
 

@@ -109,3 +109,39 @@ test('forwarder reconnects when the ingester restarts; nothing is lost', async (
   t.diagnostic(`duplicates from the resend window: ${nums.length - seen.size}`);
   await node.proc.kill('SIGTERM');
 });
+
+test('with a pending timeout shorter than the consumer batches, every record is stored exactly once', async (t) => {
+  if (!available) return t.skip(skipReason);
+  const dir = await tempDir();
+  cleanups.push(dir.cleanup);
+  const node = await startOklog('ingeststore', [
+    ...nodeArgs(dir.path),
+    // Small segments keep the consumer gathering (for up to 2 s) while the ingester would expire
+    // its first claims after 300 ms.
+    '-ingest.segment-flush-size',
+    '65536',
+    '-store.segment-target-age',
+    '2s',
+    '-ingest.segment-pending-timeout',
+    '300ms',
+  ]);
+  cleanups.push(() => node.proc.kill('SIGKILL'));
+  const input = numberedLines(200_000);
+  const fwd = await run('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], { input });
+  assert.equal(fwd.code, 0, fwd.stderr);
+  const api = `127.0.0.1:${node.ports.api}`;
+  const lines = await waitFor(
+    async () => {
+      const l = await queryAll(api);
+      return l.length >= 200_000 ? l : null;
+    },
+    'every record queryable',
+    30_000,
+    300,
+  );
+  assert.deepEqual(
+    lineNumbers(lines!),
+    Array.from({ length: 200_000 }, (_, i) => i + 1),
+  );
+  await node.proc.kill('SIGTERM');
+});
