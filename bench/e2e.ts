@@ -220,7 +220,7 @@ export async function run(): Promise<string> {
         `| latency of one record through a connected forwarder | ${latencySec.toFixed(2)} s | | | ≤ 5 s |`,
         `| ingeststore peak RSS (VmHWM) | ${rssMiB.toFixed(0)} MiB | | | < 300 MiB |`,
         '',
-        `Correctness in the same run: export returned ${exp.lines} of ${RECORDS} records; the marker query returned ${q.lines} of ${markers}.`,
+        `Correctness in the same run: export returned ${exp.lines} of ${RECORDS + 1} records (the ${RECORDS.toLocaleString('en')} forwarded plus the latency probe); the marker query returned ${q.lines} of ${markers}.`,
       ].join('\n');
     } finally {
       await node.proc.kill('SIGTERM');
