@@ -1,8 +1,11 @@
 // The address other members reach us at: OK Log's CalculateAdvertiseIP (reference §5.3) with its
 // bugs fixed (§11.2 item 9): never a nil IP (a clear error instead), the port defaults to the
-// bind port, and `::` is a wildcard like 0.0.0.0. For a wildcard bind, a private address of an
-// up, non-loopback interface is preferred (default-route interface first, then IPv4, then the
-// smallest network); a public address is used only when there is no private one, with a warning.
+// bind port, and `::` is a wildcard like 0.0.0.0. For a wildcard bind, go-sockaddr's
+// GetPrivateIP order: every usable address of an up, non-loopback interface, sorted default-route
+// interface first, then IPv4 before IPv6, then the smallest network; the first *private* one wins
+// (so a private IPv6 ULA beats a public IPv4, as in Go OK Log). A public address is used only
+// when there is no private one, with a warning. Either family works because a wildcard bind
+// listens dual-stack (transport.ts).
 import { readFileSync } from 'node:fs';
 import { BlockList, isIP, isIPv4 } from 'node:net';
 import { type NetworkInterfaceInfo, networkInterfaces } from 'node:os';
@@ -25,6 +28,8 @@ export interface AdvertiseInput {
   interfaces?: () => InterfaceMap;
   /** Name of the interface holding the IPv4 default route, if any. */
   defaultRouteInterface?: () => string | null;
+  /** Only IPv4 candidates (the sockets could bind IPv4 only: no IPv6 in the kernel). */
+  ipv4Only?: boolean;
   logger?: Logger;
 }
 
@@ -144,7 +149,10 @@ export async function calculateAdvertise(i: AdvertiseInput): Promise<Advertise> 
   const host = i.bindHost;
   if (isWildcard(host)) {
     const ifaces = (i.interfaces ?? networkInterfaces)();
-    const cands = candidateAddresses(ifaces, (i.defaultRouteInterface ?? linuxDefaultRouteInterface)());
+    const cands = candidateAddresses(
+      ifaces,
+      (i.defaultRouteInterface ?? linuxDefaultRouteInterface)(),
+    ).filter((c) => c.v4 || !i.ipv4Only);
     const priv = cands.find((c) => isPrivateIp(c.ip));
     if (priv) return { ip: canonical(priv.ip), port, source: 'private-ip' };
     const pub = cands[0];

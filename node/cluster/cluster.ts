@@ -3,7 +3,7 @@
 // re-resolved each time, with backoff) until it joins (§11.2 item 8), reconnects to failed
 // members so a healed partition converges, and serves `GET /cluster/peers`.
 import { randomUUID } from 'node:crypto';
-import { isIP } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
 import type { FastifyPluginAsync } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
@@ -11,7 +11,7 @@ import { joinHostPort, parseAddr } from '../../shared/addr.ts';
 import { type Advertise, calculateAdvertise, type InterfaceMap, isUnroutableIp } from './advertise.ts';
 import { type Clock, type Random, randomInt, realClock, type TimerHandle } from './clock.ts';
 import { Keyring } from './crypto.ts';
-import { isWildcard } from './ip.ts';
+import { hostPortString, isWildcard, unmapIp } from './ip.ts';
 import {
   dnsLookupAll,
   GOSSIP_DEFAULTS,
@@ -98,6 +98,19 @@ interface Failed {
   host: string;
   port: number;
   since: number;
+}
+
+/**
+ * A peer entry's API address as `host:port` for a URL: an IPv6 `api_addr` bracketed (it is a bare
+ * IP in OK Log's map), an IPv4-mapped one as plain IPv4, brackets a peer may have added removed,
+ * and an empty or wildcard one (unusable from here) replaced by the member's gossip address.
+ */
+export function apiHostPort(e: PeerEntry, gossipHost: string): string {
+  let host = e.api_addr.trim();
+  if (host.startsWith('[') && host.endsWith(']')) host = host.slice(1, -1);
+  host = unmapIp(host);
+  if (isWildcard(host) && gossipHost !== '') host = gossipHost;
+  return joinHostPort(host, e.api_port);
 }
 
 function nodeJson(m: MemberView) {
@@ -214,7 +227,10 @@ export class Cluster implements Peers {
     const e = this.entryFromMeta(m);
     if (e) this.setEntry(m.name, e);
     else if (!this.peerMap.has(m.name)) this.fetchPeerInfo(m);
-    this.log.debug({ member: m.name, addr: `${m.addr}:${m.port}` }, 'cluster: member joined');
+    this.log.debug(
+      { member: m.name, addr: hostPortString({ host: m.addr, port: m.port }) },
+      'cluster: member joined',
+    );
   }
 
   private onUpdate(m: MemberView): void {
@@ -408,7 +424,7 @@ export class Cluster implements Peers {
     for (const m of this.ml.members()) {
       if (m.name === this.name) continue;
       const e = this.peerMap.get(m.name);
-      if (e && typeServes(e.type, role)) out.push(joinHostPort(e.api_addr, e.api_port));
+      if (e && typeServes(e.type, role)) out.push(apiHostPort(e, m.addr));
     }
     return out;
   }
@@ -417,7 +433,7 @@ export class Cluster implements Peers {
     return {
       name: m.name,
       type: e.type,
-      apiAddr: joinHostPort(e.api_addr, e.api_port),
+      apiAddr: apiHostPort(e, m.addr),
       gossipAddr: joinHostPort(m.addr, m.port),
       state: m.state,
     };
@@ -474,11 +490,12 @@ export class Cluster implements Peers {
   }
 }
 
-/** The host to bind sockets to for a `-cluster` host: an IP literal, else every interface. */
+/**
+ * The host to bind sockets to for a `-cluster` host: an IP literal, else ('' for) every interface,
+ * dual-stack. A host name binds every interface too, as memberlist does with a non-IP bind address.
+ */
 function socketHost(host: string): string {
-  if (host === '::' || host === '[::]') return '::';
-  if (isWildcard(host)) return '0.0.0.0';
-  return isIP(host) !== 0 ? host : '0.0.0.0';
+  return isWildcard(host) || isIP(host) === 0 ? '' : host;
 }
 
 function looksLocal(seed: string): boolean {
@@ -509,9 +526,31 @@ export async function startCluster(opts: StartClusterOptions): Promise<Cluster> 
   });
   const transport =
     opts.transport ?? (await NetTransport.listen({ host: socketHost(bind.host), port: bind.port }));
+  let chosen = pre;
+  if (
+    transport.family === 'ipv4' &&
+    !isIPv4(pre.ip) &&
+    (pre.source === 'private-ip' || pre.source === 'public-ip')
+  ) {
+    // The kernel gave us IPv4 sockets only (no IPv6): an IPv6 advertise address would be unreachable.
+    try {
+      chosen = await calculateAdvertise({
+        bindHost: bind.host,
+        bindPort: bind.port,
+        lookup,
+        interfaces: opts.interfaces,
+        defaultRouteInterface: opts.defaultRouteInterface,
+        logger: log,
+        ipv4Only: true,
+      });
+    } catch (err) {
+      await transport.close();
+      throw err;
+    }
+  }
   // With port 0 the real port is known only now; an explicit advertise port still wins.
   const explicitPort = opts.advertiseAddr ? parseAddr(opts.advertiseAddr, -1).port : -1;
-  const advertise: Advertise = { ...pre, port: explicitPort > 0 ? explicitPort : transport.port };
+  const advertise: Advertise = { ...chosen, port: explicitPort > 0 ? explicitPort : transport.port };
   if (opts.seeds.some((s) => !looksLocal(s)) && (isWildcard(advertise.ip) || isUnroutableIp(advertise.ip))) {
     log.warn(
       { advertise: advertise.ip },

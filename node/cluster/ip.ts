@@ -68,6 +68,25 @@ export function bytesToIp(b: Buffer | null): string | null {
   return `${left}::${right}`;
 }
 
+/**
+ * A peer's address as a dual-stack socket reports it, with IPv4-mapped IPv6 (`::ffff:a.b.c.d`)
+ * turned back into plain IPv4: memberlist compares addresses and puts them on the wire as 4 bytes
+ * for IPv4, and a reply sent to the mapped form would only reach it through the dual-stack socket.
+ * Anything else (IPv6 with a zone, names) is returned unchanged.
+ */
+export function unmapIp(ip: string): string {
+  if (!ip.includes(':') || ip.includes('%')) return ip;
+  const b = ipToBytes(ip);
+  return b?.length === 4 ? (bytesToIp(b) ?? ip) : ip;
+}
+
+/** A wire address with an IPv4-mapped 16-byte form reduced to its 4 IPv4 bytes. */
+export function unmapAddrBytes(b: Buffer): Buffer {
+  if (b.length !== 16) return b;
+  const mapped = b.subarray(0, 10).every((x) => x === 0) && b[10] === 0xff && b[11] === 0xff;
+  return mapped ? Buffer.from(b.subarray(12)) : b;
+}
+
 /** True for a wildcard bind host: empty, 0.0.0.0 or :: (OK Log missed `::`, §11.2 item 9). */
 export function isWildcard(host: string): boolean {
   return host === '' || host === '0.0.0.0' || host === '::' || host === '[::]';

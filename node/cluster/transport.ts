@@ -1,10 +1,14 @@
 // What the gossip layer needs from the network: datagrams and byte streams on one port. The real
 // implementation binds UDP (node:dgram) and TCP (node:net) to the same port, as memberlist does;
-// tests substitute an in-memory network with simulated time.
+// tests substitute an in-memory network with simulated time. A wildcard bind (`''`, `0.0.0.0`,
+// `::`) listens dual-stack on `::`, as Go memberlist does on 0.0.0.0: the advertise address is
+// chosen among every interface's addresses, IPv6 ones included, and must be reachable whichever
+// family it is. Peers' IPv4-mapped addresses are turned back into IPv4 here, once, so the protocol
+// above never sees `::ffff:a.b.c.d`.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createServer, isIPv4, isIPv6, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { GossipError } from './errors.ts';
-import type { HostPort } from './ip.ts';
+import { type HostPort, hostPortString, isWildcard, unmapIp } from './ip.ts';
 import { MAX_PACKET_BYTES } from './packet.ts';
 
 export interface StreamConn {
@@ -19,9 +23,14 @@ export interface StreamConn {
   destroy(): void;
 }
 
+/** Which peers a transport can reach: `dual` both families, else only the one it is bound to. */
+export type TransportFamily = 'dual' | 'ipv4' | 'ipv6';
+
 export interface Transport {
   /** The bound port (the real one when asked for port 0). */
   readonly port: number;
+  /** Address families it reaches (absent: any, as the simulated network). */
+  readonly family?: TransportFamily;
   sendPacket(buf: Buffer, to: HostPort): void;
   setPacketHandler(fn: (buf: Buffer, from: HostPort) => void): void;
   setStreamHandler(fn: (conn: StreamConn) => void): void;
@@ -46,7 +55,7 @@ export function socketConn(sock: Socket): StreamConn {
   sock.on('end', fire);
   sock.on('close', fire);
   const remote: HostPort = {
-    host: (sock.remoteAddress ?? '').replace(/^::ffff:/, ''),
+    host: unmapIp(sock.remoteAddress ?? ''),
     port: sock.remotePort ?? 0,
   };
   return {
@@ -72,7 +81,7 @@ export function socketConn(sock: Socket): StreamConn {
 }
 
 export interface NetTransportOptions {
-  /** IP literal to bind, or '' / 0.0.0.0 / :: for every interface. */
+  /** IP literal to bind, or '' / 0.0.0.0 / :: for every interface (dual-stack). */
   host: string;
   port: number;
   /** Most concurrent inbound TCP connections (memberlist allows 128 push/pulls). */
@@ -93,7 +102,7 @@ export class NetTransport implements Transport {
     private readonly server: Server,
     private readonly udp: UdpSocket,
     readonly port: number,
-    private readonly udp6: boolean,
+    readonly family: TransportFamily,
   ) {
     server.on('connection', (sock) => {
       if (this.closed) {
@@ -106,16 +115,34 @@ export class NetTransport implements Transport {
       this.streamHandler(socketConn(sock));
     });
     udp.on('message', (msg, rinfo) => {
-      this.packetHandler(msg, { host: rinfo.address.replace(/^::ffff:/, ''), port: rinfo.port });
+      this.packetHandler(msg, { host: unmapIp(rinfo.address), port: rinfo.port });
     });
     udp.on('error', () => {}); // send errors are per-datagram; the socket stays usable
   }
 
+  /**
+   * Binds UDP and TCP on one port. A wildcard host binds `::` dual-stack, falling back to
+   * 0.0.0.0 (IPv4 only) where the kernel has no IPv6; a specific address binds only its family.
+   */
   static async listen(o: NetTransportOptions): Promise<NetTransport> {
-    const wildcard6 = o.host === '::';
-    const host = o.host === '' ? '0.0.0.0' : o.host;
-    const udp6 = isIPv6(host);
-    if (!isIPv4(host) && !udp6) throw new GossipError(`cannot bind gossip to ${JSON.stringify(o.host)}`);
+    if (!isWildcard(o.host)) {
+      if (!isIPv4(o.host) && !isIPv6(o.host))
+        throw new GossipError(`cannot bind gossip to ${JSON.stringify(o.host)}`);
+      return NetTransport.listenOn(o, o.host, isIPv4(o.host) ? 'ipv4' : 'ipv6');
+    }
+    try {
+      return await NetTransport.listenOn(o, '::', 'dual');
+    } catch (err) {
+      if (!noIpv6(err)) throw err;
+      return NetTransport.listenOn(o, '0.0.0.0', 'ipv4');
+    }
+  }
+
+  private static async listenOn(
+    o: NetTransportOptions,
+    host: string,
+    family: TransportFamily,
+  ): Promise<NetTransport> {
     let lastErr: unknown;
     for (let attempt = 0; attempt < (o.port === 0 ? 10 : 1); attempt++) {
       const server = createServer({ noDelay: true });
@@ -123,7 +150,7 @@ export class NetTransport implements Transport {
       try {
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen({ host, port: o.port, ipv6Only: false }, () => {
+          server.listen({ host, port: o.port, ipv6Only: family === 'ipv6' }, () => {
             server.off('error', reject);
             resolve();
           });
@@ -131,13 +158,14 @@ export class NetTransport implements Transport {
       } catch (err) {
         lastErr = err;
         server.close();
+        if (noIpv6(err)) break;
         continue;
       }
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : o.port;
       const udp = createSocket({
-        type: udp6 ? 'udp6' : 'udp4',
-        ipv6Only: !wildcard6 && udp6,
+        type: family === 'ipv4' ? 'udp4' : 'udp6',
+        ipv6Only: family === 'ipv6',
         recvBufferSize: o.recvBufferSize ?? 2 * 1024 * 1024,
       });
       try {
@@ -152,20 +180,24 @@ export class NetTransport implements Transport {
         lastErr = err;
         udp.close();
         await new Promise<void>((r) => server.close(() => r()));
+        if (noIpv6(err)) break;
         continue;
       }
-      return new NetTransport(server, udp, port, udp6);
+      return new NetTransport(server, udp, port, family);
     }
-    throw new GossipError(`binding gossip to ${host}:${o.port}: ${(lastErr as Error)?.message ?? 'failed'}`, {
-      host,
-      port: o.port,
-    });
+    throw new GossipError(
+      `binding gossip to ${host.includes(':') ? `[${host}]` : host}:${o.port}: ${(lastErr as Error)?.message ?? 'failed'}`,
+      { host, port: o.port },
+      { cause: lastErr },
+    );
   }
 
   sendPacket(buf: Buffer, to: HostPort): void {
     if (this.closed || buf.length > MAX_PACKET_BYTES) return;
-    const host = this.udp6 && isIPv4(to.host) ? `::ffff:${to.host}` : to.host;
-    if (!this.udp6 && !isIPv4(to.host)) return; // an IPv4 socket cannot reach an IPv6 peer
+    const v4 = isIPv4(to.host);
+    // A socket of one family cannot reach the other: the datagram is lost, as UDP may lose it.
+    if ((this.family === 'ipv4' && !v4) || (this.family === 'ipv6' && v4)) return;
+    const host = this.family === 'dual' && v4 ? `::ffff:${to.host}` : to.host;
     try {
       this.udp.send(buf, to.port, host, () => {});
     } catch {
@@ -196,15 +228,15 @@ export class NetTransport implements Transport {
       const timer = setTimeout(() => {
         done();
         sock.destroy();
-        reject(new GossipError(`dial ${to.host}:${to.port}: timeout after ${timeoutMs} ms`));
+        reject(new GossipError(`dial ${hostPortString(to)}: timeout after ${timeoutMs} ms`));
       }, timeoutMs);
       sock.once('error', (err) => {
         done();
-        reject(new GossipError(`dial ${to.host}:${to.port}: ${err.message}`, {}, { cause: err }));
+        reject(new GossipError(`dial ${hostPortString(to)}: ${err.message}`, {}, { cause: err }));
       });
       sock.once('close', () => {
         done();
-        reject(new GossipError(`dial ${to.host}:${to.port}: closed`));
+        reject(new GossipError(`dial ${hostPortString(to)}: closed`));
       });
       sock.once('connect', () => {
         done();
@@ -236,4 +268,10 @@ export class NetTransport implements Transport {
       }),
     ]);
   }
+}
+
+/** What a bind fails with where the kernel has no IPv6 (disabled, or built without it). */
+function noIpv6(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EAFNOSUPPORT' || code === 'EADDRNOTAVAIL' || code === 'EPROTONOSUPPORT';
 }

@@ -4,6 +4,7 @@
 // Go's zero values, unknown fields are ignored (as go-msgpack does).
 import { crc32 } from 'node:zlib';
 import { GossipDecodeError } from './errors.ts';
+import { unmapAddrBytes } from './ip.ts';
 import { decodeValue, type EncValue, type MsgValue, MsgWriter, STRUCT_LIMITS } from './msgpack.ts';
 
 export const MsgType = {
@@ -273,7 +274,9 @@ function addrField(f: Fields, key: string): Buffer | null {
   const b = bytesField(f, key, 16);
   if (b && b.length !== 0 && b.length !== 4 && b.length !== 16)
     malformed(`${key}: an IP address has 4 or 16 bytes, not ${b.length}`);
-  return b && b.length > 0 ? b : null;
+  // An IPv4 member is 4 bytes everywhere (Go sends To4()); a mapped 16-byte form from some other
+  // peer would otherwise be stored, compared and re-gossiped as a different address.
+  return b && b.length > 0 ? unmapAddrBytes(b) : null;
 }
 
 const U32 = 0xffffffff;
