@@ -29,6 +29,13 @@ import { NetTransport, type Transport } from './transport.ts';
 export const DEFAULT_CLUSTER_PORT = 7659;
 /** Most failed members remembered for reconnection. */
 const MAX_FAILED = 1024;
+/**
+ * Peer-info fetches (push/pulls with members that joined without metadata: Go OK Log nodes) run
+ * at most this many at a time; the others wait in a bounded queue rather than for the next
+ * periodic push/pull (up to 30 s), so a batch of Go nodes joining together is known in seconds.
+ */
+const MAX_CONCURRENT_FETCHES = 4;
+const MAX_QUEUED_FETCHES = 1024;
 
 /** Protocol timings and sizes that may be tuned (GOSSIP_DEFAULTS otherwise). */
 export type GossipTuning = Partial<
@@ -50,8 +57,11 @@ export type GossipTuning = Partial<
     | 'enableCompression'
     | 'disableTcpPings'
     | 'maxNodes'
+    | 'tombstoneMs'
+    | 'maxTombstones'
     | 'maxConcurrentStreams'
     | 'maxConcurrentPushPulls'
+    | 'maxInboundStreamBytes'
   >
 >;
 
@@ -135,6 +145,9 @@ export class Cluster implements Peers {
   private readonly wakers = new Set<() => void>();
   private readonly failed = new Map<string, Failed>();
   private readonly fetching = new Set<string>();
+  /** Members waiting for a peer-info fetch, in arrival order (`fetchQueued` mirrors it). */
+  private readonly fetchQueue: string[] = [];
+  private readonly fetchQueued = new Set<string>();
   /** Last known entry of every member, dead ones included, for display only. */
   private readonly lastKnown = new Map<string, PeerEntry>();
   private aloneWarnedAt = Number.NEGATIVE_INFINITY;
@@ -286,14 +299,42 @@ export class Cluster implements Peers {
 
   /** A member without metadata (a Go OK Log node): fetch its entry now rather than in ≤ 30 s. */
   private fetchPeerInfo(m: MemberView): void {
-    if (this.fetching.has(m.name) || this.fetching.size >= 4 || this.stopped) return;
+    if (this.stopped || this.fetching.has(m.name) || this.fetchQueued.has(m.name)) return;
+    if (this.fetching.size < MAX_CONCURRENT_FETCHES) {
+      this.startFetch(m);
+      return;
+    }
+    if (this.fetchQueue.length >= MAX_QUEUED_FETCHES) {
+      // Bounded: beyond it the member's entry comes with a periodic push/pull, as in OK Log.
+      this.log.debug({ member: m.name }, 'cluster: peer info fetch queue full');
+      return;
+    }
+    this.fetchQueue.push(m.name);
+    this.fetchQueued.add(m.name);
+  }
+
+  private startFetch(m: MemberView): void {
     this.fetching.add(m.name);
     this.ml
       .pushPullNode({ host: m.addr, port: m.port }, false)
       .catch((err) =>
         this.log.debug({ member: m.name, err: (err as Error).message }, 'cluster: peer info fetch failed'),
       )
-      .finally(() => this.fetching.delete(m.name));
+      .finally(() => {
+        this.fetching.delete(m.name);
+        this.nextFetches();
+      });
+  }
+
+  /** Starts queued fetches while there is room, skipping members known or gone meanwhile. */
+  private nextFetches(): void {
+    while (!this.stopped && this.fetching.size < MAX_CONCURRENT_FETCHES && this.fetchQueue.length > 0) {
+      const name = this.fetchQueue.shift() as string;
+      this.fetchQueued.delete(name);
+      const m = this.ml.member(name);
+      if (!m || !this.isLive(name) || this.peerMap.has(name)) continue;
+      this.startFetch(m);
+    }
   }
 
   // ---- seeds and reconnection ----
@@ -483,6 +524,8 @@ export class Cluster implements Peers {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.fetchQueue.length = 0;
+    this.fetchQueued.clear();
     for (const w of [...this.wakers]) w();
     for (const t of this.timers) this.clock.clearTimeout(t);
     this.timers.clear();

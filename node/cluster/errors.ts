@@ -11,7 +11,9 @@ export type DropReason =
   | 'label'
   | 'unknown_type'
   | 'compression'
-  | 'unexpected';
+  | 'unexpected'
+  /** An inbound stream would take the node over its in-flight stream memory budget. */
+  | 'budget';
 
 /** A packet or stream from a peer could not be decoded; it is dropped and counted, never thrown further. */
 export class GossipDecodeError extends OklogError {

@@ -15,7 +15,15 @@ import { bytesToIp, type HostPort, hostPortString, ipToBytes } from './ip.ts';
 import { MsgWriter } from './msgpack.ts';
 import { decodePacket, encodePacket } from './packet.ts';
 import { TransmitLimitedQueue } from './queue.ts';
-import { ConnSource, frameStream, MAX_STREAM_STATE_BYTES, openStream, type ValueSource } from './stream.ts';
+import {
+  BudgetLease,
+  ByteBudget,
+  ConnSource,
+  frameStream,
+  MAX_STREAM_STATE_BYTES,
+  openStream,
+  type ValueSource,
+} from './stream.ts';
 import { Suspicion, suspicionTimeout } from './suspicion.ts';
 import type { StreamConn, Transport } from './transport.ts';
 import {
@@ -95,9 +103,17 @@ export interface MemberlistConfig {
   deadNodeReclaimMs: number;
   /** Most members tracked; alive messages about further new members are dropped. */
   maxNodes: number;
+  /**
+   * How long a reaped dead or left member is remembered (its name and incarnation), and how many
+   * at most: an `alive` for it at an incarnation not above the remembered one is stale and ignored.
+   */
+  tombstoneMs: number;
+  maxTombstones: number;
   /** Most concurrent inbound streams, and of those, push/pulls (memberlist: 128). */
   maxConcurrentStreams: number;
   maxConcurrentPushPulls: number;
+  /** Bytes all inbound streams together may hold (received, decrypted, decompressed). */
+  maxInboundStreamBytes: number;
   keyring: Keyring | null;
   /** memberlist ≥ 0.4 label; '' for none (memberlist 0.1/0.2 know no labels). */
   label: string;
@@ -126,8 +142,11 @@ export const LAN_DEFAULTS = {
   disableTcpPings: false,
   deadNodeReclaimMs: 0,
   maxNodes: 10_000,
+  tombstoneMs: 3_600_000,
+  maxTombstones: 1024,
   maxConcurrentStreams: 256,
   maxConcurrentPushPulls: 128,
+  maxInboundStreamBytes: 64 * 1024 * 1024,
   keyring: null,
   label: '',
 } satisfies Partial<MemberlistConfig>;
@@ -173,6 +192,8 @@ export interface MemberlistStats {
   pushPull(direction: 'in' | 'out', ok: boolean): void;
   packet(direction: 'in' | 'out', bytes: number): void;
   streamRejected(): void;
+  /** An alive about a member that died or left (tombstoned) was ignored as stale. */
+  staleAlive(): void;
 }
 
 const NO_STATS: MemberlistStats = {
@@ -181,6 +202,7 @@ const NO_STATS: MemberlistStats = {
   pushPull: () => {},
   packet: () => {},
   streamRejected: () => {},
+  staleAlive: () => {},
 };
 
 export type Lookup = (host: string) => Promise<string[]>;
@@ -198,6 +220,16 @@ interface NodeState {
   stateChange: number;
   /** Bumped on every state change; a suspicion timer only fires for the state it was made for. */
   gen: number;
+  vsn: number[];
+}
+
+/** What is kept of a dead or left member after it is reaped. */
+interface Tombstone {
+  incarnation: number;
+  state: number;
+  at: number;
+  addr: Buffer;
+  port: number;
   vsn: number[];
 }
 
@@ -279,6 +311,8 @@ export class Memberlist {
   private nodes: NodeState[] = [];
   private readonly nodeMap = new Map<string, NodeState>();
   private readonly nodeTimers = new Map<string, Suspicion>();
+  /** Reaped dead and left members, oldest first (see MemberlistConfig.tombstoneMs). */
+  private readonly tombstones = new Map<string, Tombstone>();
   private readonly awareness: Awareness;
   private readonly broadcasts: TransmitLimitedQueue;
   private readonly ackHandlers = new Map<number, AckHandler>();
@@ -291,6 +325,7 @@ export class Memberlist {
   private readonly conns = new Set<StreamConn>();
   private streamsInFlight = 0;
   private pushPullsInFlight = 0;
+  private readonly streamBudget: ByteBudget;
   private readonly advAddr: Buffer;
 
   constructor(cfg: MemberlistConfig, deps: MemberlistDeps) {
@@ -308,6 +343,7 @@ export class Memberlist {
     if (!adv) throw new GossipError(`advertise address ${JSON.stringify(cfg.advertiseAddr)} is not an IP`);
     this.advAddr = adv;
     this.awareness = new Awareness(cfg.awarenessMaxMultiplier);
+    this.streamBudget = new ByteBudget(cfg.maxInboundStreamBytes);
     this.broadcasts = new TransmitLimitedQueue(cfg.retransmitMult, () => this.nodes.length);
   }
 
@@ -340,6 +376,11 @@ export class Memberlist {
 
   get hasLeft(): boolean {
     return this.leaving;
+  }
+
+  /** Bytes inbound streams hold right now, against `maxInboundStreamBytes`. */
+  get inboundStreamBytes(): number {
+    return this.streamBudget.inUse;
   }
 
   /** Stops every loop and timer and closes the transport. Safe to call twice. */
@@ -848,10 +889,55 @@ export class Memberlist {
         this.nodeMap.delete(n.name);
         this.nodeTimers.get(n.name)?.cancel();
         this.nodeTimers.delete(n.name);
+        this.bury(n, now);
         this.delegate.notifyReap?.(this.view(n));
       } else keep.push(n);
     }
     this.nodes = shuffle(this.random, keep);
+    for (const [name, t] of this.tombstones) {
+      if (now - t.at <= this.cfg.tombstoneMs) break; // oldest first: the rest are younger
+      this.tombstones.delete(name);
+    }
+  }
+
+  /**
+   * Remembers a reaped member. Without it a stale push/pull or alive (from a peer that missed the
+   * death) at the old incarnation would be taken for a new member once we have forgotten it, and
+   * routed to again until it is declared dead a second time. Safe: an OK Log node that restarts
+   * has a new name, and a live member that was wrongly declared dead refutes with a higher
+   * incarnation (told so by the dead entries our push/pulls carry, see localStateBuffer).
+   */
+  private bury(n: NodeState, now: number): void {
+    if (this.cfg.maxTombstones <= 0 || this.cfg.tombstoneMs <= 0) return;
+    this.tombstones.delete(n.name);
+    this.tombstones.set(n.name, {
+      incarnation: n.incarnation,
+      state: n.state,
+      at: now,
+      addr: n.addr,
+      port: n.port,
+      vsn: [...n.vsn],
+    });
+    while (this.tombstones.size > this.cfg.maxTombstones) {
+      const oldest = this.tombstones.keys().next().value;
+      if (oldest === undefined) break;
+      this.tombstones.delete(oldest);
+    }
+  }
+
+  /** The tombstone of a reaped member, if it is still remembered. */
+  private tombstone(name: string): Tombstone | undefined {
+    const t = this.tombstones.get(name);
+    if (t && this.clock.now() - t.at > this.cfg.tombstoneMs) {
+      this.tombstones.delete(name);
+      return undefined;
+    }
+    return t;
+  }
+
+  /** Whether `name` is a dead or left member forgotten by the member list but still remembered. */
+  isTombstoned(name: string): boolean {
+    return !this.nodeMap.has(name) && this.tombstone(name) !== undefined;
   }
 
   private kRandomNodes(k: number, exclude: (n: NodeState) => boolean): NodeState[] {
@@ -907,9 +993,30 @@ export class Memberlist {
 
   private localStateBuffer(join: boolean): Buffer {
     const user = this.delegate.localState?.(join) ?? null;
-    const w = new MsgWriter(256 + this.nodes.length * 128 + (user?.length ?? 0));
+    // Tombstones go out as the dead (or left) members they were, as memberlist sends members not
+    // yet reaped: a peer still holding one alive suspects it (and, if it lives, it refutes with a
+    // higher incarnation, which we accept); a peer that never knew it ignores the entry.
+    const buried: PushNodeState[] = [];
+    const room = Math.max(0, this.cfg.maxNodes - this.nodes.length);
+    const now = this.clock.now();
+    for (const [name, t] of this.tombstones) {
+      if (buried.length >= room) break;
+      if (now - t.at > this.cfg.tombstoneMs || this.nodeMap.has(name)) continue;
+      buried.push({
+        name,
+        addr: t.addr,
+        port: t.port,
+        meta: null,
+        incarnation: t.incarnation,
+        state: t.state,
+        vsn: Buffer.from(t.vsn),
+      });
+    }
+    const count = this.nodes.length + buried.length;
+    const w = new MsgWriter(256 + count * 128 + (user?.length ?? 0));
     w.byte(MsgType.pushPull);
-    writePushPullHeader(w, { nodes: this.nodes.length, userStateLen: user?.length ?? 0, join });
+    writePushPullHeader(w, { nodes: count, userStateLen: user?.length ?? 0, join });
+    for (const b of buried) writePushNodeState(w, b);
     for (const n of this.nodes) {
       writePushNodeState(w, {
         name: n.name,
@@ -1043,13 +1150,19 @@ export class Memberlist {
       conn.destroy();
       return;
     }
+    if (this.streamBudget.available === 0) {
+      this.stats.drop('budget');
+      conn.destroy();
+      return;
+    }
     this.streamsInFlight++;
     this.trackConn(conn, this.cfg.tcpTimeoutMs);
     const peer = hostPortString(conn.remote);
+    const lease = new BudgetLease(this.streamBudget);
     try {
       let opened: Awaited<ReturnType<typeof openStream>>;
       try {
-        opened = await openStream(new ConnSource(conn), this.cfg);
+        opened = await openStream(new ConnSource(conn, undefined, lease), this.cfg, lease);
       } catch (err) {
         this.dropped(err, `stream from ${peer}`);
         if (err instanceof GossipDecodeError && err.reason !== 'truncated')
@@ -1067,8 +1180,18 @@ export class Memberlist {
           this.pushPullsInFlight++;
           try {
             const remote = await this.readRemoteState(source);
+            // Merge first (memberlist replies first): when the initiator's state calls us dead,
+            // the reply then already carries our refutation, and the initiator takes us back in
+            // this very exchange instead of waiting for gossip to bring the refutation. A merge
+            // that fails (incompatible versions) still gets our state, as memberlist's does.
+            let mergeErr: unknown = null;
+            try {
+              this.mergeRemoteState(remote);
+            } catch (err) {
+              mergeErr = err;
+            }
             conn.write(this.localStateBuffer(remote.join));
-            this.mergeRemoteState(remote);
+            if (mergeErr) throw mergeErr;
             this.stats.pushPull('in', true);
           } catch (err) {
             this.stats.pushPull('in', false);
@@ -1103,6 +1226,7 @@ export class Memberlist {
       } else this.dropped(err, `stream from ${peer}`);
     } finally {
       this.streamsInFlight--;
+      lease.release();
       conn.end();
     }
   }
@@ -1204,6 +1328,18 @@ export class Memberlist {
     const isLocal = a.node === this.cfg.name;
     if (!state) {
       if (a.incarnation === 0 && !isLocal) return;
+      const tomb = isLocal ? undefined : this.tombstone(a.node);
+      if (tomb) {
+        if (a.incarnation <= tomb.incarnation) {
+          this.stats.staleAlive();
+          this.log.debug(
+            { node: a.node, incarnation: a.incarnation, buried: tomb.incarnation },
+            'gossip: ignoring a stale alive for a member that died or left',
+          );
+          return;
+        }
+        this.tombstones.delete(a.node); // it refuted its death: a live member again
+      }
       if (this.nodeMap.size >= this.cfg.maxNodes) {
         this.stats.drop('too_large');
         this.log.warn({ node: a.node }, 'gossip: member limit reached, ignoring new member');

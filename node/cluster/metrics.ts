@@ -89,6 +89,11 @@ export function clusterMetrics(registry: Registry, src: MetricSources): ClusterM
     help: 'Peer-map entries received for members that are not live (ignored, never resurrected).',
     registers,
   });
+  const staleAlives = new Counter({
+    name: 'oklog_cluster_stale_alives_total',
+    help: 'Alive messages ignored because they are about a member that died or left, at an incarnation not above its death.',
+    registers,
+  });
   return {
     stats: {
       drop: (reason) => dropped.inc({ reason }),
@@ -99,6 +104,7 @@ export function clusterMetrics(registry: Registry, src: MetricSources): ClusterM
         bytes.inc({ direction }, n);
       },
       streamRejected: () => rejected.inc(),
+      staleAlive: () => staleAlives.inc(),
     },
     joinAttempt: (ok) => joins.inc({ result: ok ? 'ok' : 'error' }),
     stalePeerEntries: (n) => {

@@ -1,7 +1,10 @@
 // memberlist's TCP streams: an optional label, a type byte, then msgpack values back to back with
 // no length prefix. Compressed streams are `[9]{Algo, Buf}`, encrypted ones `[10][u32 len][payload]`.
 // The reader never trusts a peer: every read is capped (total bytes, bytes per value, nesting) and
-// the caller puts a deadline on the connection.
+// the caller puts a deadline on the connection. Inbound streams also draw on one node-wide byte
+// budget (ByteBudget) for what they hold: bytes received, decrypted and decompressed. Per stream
+// that is up to ~62 MiB and up to 256 streams may be open, so without it a few peers could make
+// the node hold gigabytes.
 import { decryptPayload, encryptPayload } from './crypto.ts';
 import { GossipDecodeError, GossipError, TruncatedError } from './errors.ts';
 import { lzwDecompress } from './lzw.ts';
@@ -16,6 +19,57 @@ export const MAX_STREAM_STATE_BYTES = 20 * 1024 * 1024;
 export const MAX_STREAM_BYTES = MAX_STREAM_STATE_BYTES + 1024 * 1024;
 /** One struct value on a stream (a header or a node state). */
 const MAX_STRUCT_BYTES = 64 * 1024;
+
+/** Bytes held by every inbound stream of a node together, against a limit. */
+export class ByteBudget {
+  private used = 0;
+  constructor(readonly limit: number) {}
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  get available(): number {
+    return Math.max(0, this.limit - this.used);
+  }
+
+  tryTake(n: number): boolean {
+    if (this.used + n > this.limit) return false;
+    this.used += n;
+    return true;
+  }
+
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
+}
+
+/** One stream's share of a ByteBudget: taken as the stream buffers, all given back on release. */
+export class BudgetLease {
+  private held = 0;
+  constructor(private readonly budget: ByteBudget | null) {}
+
+  /** Room left for this stream (unlimited without a budget). */
+  get available(): number {
+    return this.budget ? this.budget.available : Number.POSITIVE_INFINITY;
+  }
+
+  /** Takes `n` bytes or throws GossipDecodeError('budget'). */
+  take(n: number, what: string): void {
+    if (!this.budget) return;
+    if (!this.budget.tryTake(n))
+      throw new GossipDecodeError(
+        'budget',
+        `${what} of ${n} bytes exceeds the inbound stream memory budget (${this.budget.inUse} of ${this.budget.limit} bytes in use)`,
+      );
+    this.held += n;
+  }
+
+  release(): void {
+    this.budget?.give(this.held);
+    this.held = 0;
+  }
+}
 
 /** Sequential reads from a stream's bytes. */
 export interface ValueSource {
@@ -72,12 +126,20 @@ export class ConnSource implements ValueSource {
   constructor(
     conn: StreamConn,
     private readonly maxBytes = MAX_STREAM_BYTES,
+    lease: BudgetLease | null = null,
   ) {
     conn.onData((chunk) => {
       if (this.done) return;
       this.total += chunk.length;
       if (this.total > this.maxBytes) {
         this.fail(new GossipDecodeError('too_large', 'stream exceeds the size limit'));
+        conn.destroy();
+        return;
+      }
+      try {
+        lease?.take(chunk.length, 'stream data');
+      } catch (err) {
+        this.fail(err as Error);
         conn.destroy();
         return;
       }
@@ -184,8 +246,15 @@ export interface OpenedStream {
   source: ValueSource;
 }
 
-/** Reads label, encryption and compression framing; returns the inner message type and its source. */
-export async function openStream(src: ValueSource, sec: PacketSecurity): Promise<OpenedStream> {
+/**
+ * Reads label, encryption and compression framing; returns the inner message type and its source.
+ * With a lease, the decrypted and decompressed copies are taken from its budget too.
+ */
+export async function openStream(
+  src: ValueSource,
+  sec: PacketSecurity,
+  lease: BudgetLease | null = null,
+): Promise<OpenedStream> {
   let type = await src.readByte();
   let label = '';
   if (type === MsgType.hasLabel) {
@@ -205,6 +274,7 @@ export async function openStream(src: ValueSource, sec: PacketSecurity): Promise
     if (n > MAX_STREAM_STATE_BYTES)
       throw new GossipDecodeError('too_large', `remote state of ${n} bytes exceeds the limit`);
     const payload = await src.readExact(n);
+    lease?.take(n, 'decrypted stream');
     const aad = Buffer.concat([Buffer.from([MsgType.encrypt]), lenBuf, Buffer.from(label, 'utf8')]);
     const plain = decryptPayload(sec.keyring, payload, aad);
     if (plain.length === 0) throw new GossipDecodeError('truncated', 'empty decrypted stream');
@@ -219,7 +289,17 @@ export async function openStream(src: ValueSource, sec: PacketSecurity): Promise
       MAX_STREAM_BYTES,
     );
     if (c.algo !== 0) throw new GossipDecodeError('compression', `unknown compression algorithm ${c.algo}`);
-    const plain = lzwDecompress(c.buf, MAX_STREAM_BYTES);
+    // The budget left caps the output, so an oversized one fails before it is allocated.
+    const room = lease ? Math.min(MAX_STREAM_BYTES, lease.available) : MAX_STREAM_BYTES;
+    let plain: Buffer;
+    try {
+      plain = lzwDecompress(c.buf, room);
+    } catch (err) {
+      if (err instanceof GossipDecodeError && err.reason === 'too_large' && room < MAX_STREAM_BYTES)
+        throw new GossipDecodeError('budget', 'decompressed stream exceeds the inbound stream memory budget');
+      throw err;
+    }
+    lease?.take(plain.length, 'decompressed stream');
     if (plain.length === 0) throw new GossipDecodeError('truncated', 'empty decompressed stream');
     type = plain[0];
     source = new BufferSource(plain.subarray(1));

@@ -14,9 +14,13 @@ import {
 import { MsgWriter } from '../../node/cluster/msgpack.ts';
 import { encodePacket } from '../../node/cluster/packet.ts';
 import { retransmitLimit, TransmitLimitedQueue } from '../../node/cluster/queue.ts';
-import { frameStream } from '../../node/cluster/stream.ts';
+import { BufferSource, frameStream, openStream } from '../../node/cluster/stream.ts';
 import { remainingSuspicionTime, Suspicion, suspicionTimeout } from '../../node/cluster/suspicion.ts';
 import {
+  asStruct,
+  decodePushNodeState,
+  decodePushPullHeader,
+  encodeAlive,
   encodeDead,
   encodeSuspect,
   MsgType,
@@ -25,7 +29,7 @@ import {
   writePushPullHeader,
 } from '../../node/cluster/wire.ts';
 import { metricValue, SimWorld, silent } from './helpers.ts';
-import { SimClock, seededRandom } from './sim.ts';
+import { SimClock, type SimTransport, seededRandom } from './sim.ts';
 
 let world: SimWorld;
 afterEach(async () => {
@@ -41,6 +45,32 @@ function pushPullFrame(nodes: PushNodeState[], user: Buffer, join = false): Buff
   for (const n of nodes) writePushNodeState(w, n);
   w.bytes(user);
   return frameStream(w.finish(), { compress: true, keyring: null, label: '' });
+}
+
+/** A push/pull from `from` (a bare simulated endpoint) to `host`; resolves with the nodes of the reply. */
+async function pushPullTo(
+  w: SimWorld,
+  from: SimTransport,
+  host: string,
+  nodes: PushNodeState[],
+  user: Buffer,
+): Promise<PushNodeState[]> {
+  const dialing = from.dial({ host, port: 7946 }, 1000);
+  await w.clock.advance(5);
+  const conn = await dialing;
+  const chunks: Buffer[] = [];
+  conn.onData((b) => chunks.push(b));
+  conn.write(pushPullFrame(nodes, user));
+  await w.clock.advance(50);
+  const { type, source } = await openStream(new BufferSource(Buffer.concat(chunks)), {
+    keyring: null,
+    label: '',
+  });
+  assert.equal(type, MsgType.pushPull);
+  const h = decodePushPullHeader(asStruct(await source.readValue(), 'header'));
+  const out: PushNodeState[] = [];
+  for (let i = 0; i < h.nodes; i++) out.push(decodePushNodeState(asStruct(await source.readValue(), 'node')));
+  return out;
 }
 
 describe('gossip protocol (simulated network)', () => {
@@ -243,7 +273,76 @@ describe('gossip protocol (simulated network)', () => {
     await go.shutdown();
   });
 
-  it('never resurrects a dead member from a stale push/pull', async () => {
+  it('queues peer-info fetches: nine Go nodes announced at once are all known in seconds, four fetches at a time', async () => {
+    world = new SimWorld();
+    // No periodic push/pull on our node: only the fetches can bring the Go nodes' entries.
+    const a = await world.start('10.0.0.1', { type: 'store', gossip: { pushPullIntervalMs: 600_000 } });
+    const ours = world.net.endpoints.get('10.0.0.1:7946') as SimTransport;
+    const dial = ours.dial.bind(ours);
+    let open = 0;
+    let maxOpen = 0;
+    let dials = 0;
+    ours.dial = async (to, timeoutMs) => {
+      const conn = await dial(to, timeoutMs);
+      dials++;
+      open++;
+      maxOpen = Math.max(maxOpen, open);
+      conn.onClose(() => open--);
+      return conn;
+    };
+    const gos: Memberlist[] = [];
+    const goNode = (i: number) => {
+      const name = `go-${i}`;
+      const host = `10.0.1.${i + 1}`;
+      const state = Buffer.from(
+        JSON.stringify({ [name]: { type: 'ingest', api_addr: host, api_port: 7650 } }),
+      );
+      const ml = new Memberlist(
+        {
+          ...LAN_DEFAULTS,
+          name,
+          advertiseAddr: host,
+          advertisePort: 7946,
+          bindPort: 7946,
+          pushPullIntervalMs: 0,
+        },
+        {
+          transport: world.net.transport(host),
+          clock: world.clock,
+          random: seededRandom(100 + i),
+          logger: silent,
+          delegate: { localState: () => state, mergeRemoteState: () => {} },
+        },
+      );
+      ml.start();
+      gos.push(ml);
+      return ml;
+    };
+    try {
+      const g0 = goNode(0);
+      const j0 = g0.join(['10.0.0.1']);
+      await world.clock.advance(20);
+      assert.equal((await j0).joined, 1);
+      await world.clock.until(() => a.cluster.current('ingest').length === 1, 2000);
+      // Eight more join through the first Go node, all at once: we hear of them in one gossip burst.
+      const joins = Array.from({ length: 8 }, (_, i) => goNode(i + 1).join(['10.0.1.1']));
+      await world.clock.advance(20);
+      for (const j of joins) assert.equal((await j).joined, 1);
+      const took = await world.clock.until(
+        () => a.cluster.current('ingest').length === 9,
+        5000,
+        10,
+        'every Go node known',
+      );
+      assert.ok(took < 3000, `all known after ${took} ms`);
+      assert.ok(maxOpen <= 4, `${maxOpen} fetches at once`);
+      assert.ok(dials >= 8, `${dials} fetches`);
+    } finally {
+      for (const g of gos) await g.shutdown();
+    }
+  });
+
+  it('never resurrects a dead member from a stale push/pull, before or after it is reaped', async () => {
     world = new SimWorld();
     const nodes = await world.startMany(3);
     await world.converge(nodes, 3);
@@ -260,30 +359,17 @@ describe('gossip protocol (simulated network)', () => {
         ghost: { type: 'store', api_addr: '10.9.9.9', api_port: 7650 },
       }),
     );
+    const cAlive = (incarnation: number): PushNodeState => ({
+      name: c.name,
+      addr: ipToBytes(c.host)!,
+      port: 7946,
+      meta: null,
+      incarnation,
+      state: 0,
+      vsn: Buffer.from([1, 5, 2, 0, 0, 0]),
+    });
     const fake = world.net.transport('10.0.0.99');
-    const conn = await (async () => {
-      const p = fake.dial({ host: a.host, port: 7946 }, 1000);
-      await world.clock.advance(5);
-      return p;
-    })();
-    conn.onData(() => {});
-    conn.write(
-      pushPullFrame(
-        [
-          {
-            name: c.name,
-            addr: ipToBytes(c.host)!,
-            port: 7946,
-            meta: null,
-            incarnation: cInc,
-            state: 0,
-            vsn: Buffer.from([1, 5, 2, 0, 0, 0]),
-          },
-        ],
-        stale,
-      ),
-    );
-    await world.clock.advance(50);
+    await pushPullTo(world, fake, a.host, [cAlive(cInc)], stale);
     assert.equal(world.stateOf(a, c), 'dead');
     assert.equal(a.cluster.current('store').length, 2, 'no stale store peer');
     assert.ok(!('ghost' in a.cluster.clusterState().delegate));
@@ -292,6 +378,119 @@ describe('gossip protocol (simulated network)', () => {
     // Ordinary anti-entropy later does not bring it back either.
     await world.clock.advance(40_000);
     assert.equal(a.cluster.current('store').length, 2);
+
+    // Past GossipToTheDeadTime memberlist has reaped C. Its tombstone still rejects the same stale
+    // state (memberlist alone would take it for a new member and route to it until it died again),
+    // and the reply tells the stale peer that C is dead.
+    assert.equal(a.cluster.memberlist.member(c.name), null, 'C reaped from the member list');
+    assert.ok(a.cluster.memberlist.isTombstoned(c.name));
+    const reply = await pushPullTo(world, fake, a.host, [cAlive(cInc)], stale);
+    const told = reply.find((n) => n.name === c.name);
+    assert.deepEqual(told && [told.state, told.incarnation], [2, cInc], 'the reply carries C as dead');
+    assert.equal(a.cluster.memberlist.member(c.name), null, 'not resurrected by push/pull');
+    // A stale alive by UDP is ignored the same way.
+    fake.sendPacket(
+      encodePacket(
+        encodeAlive({ ...cAlive(cInc), node: c.name, meta: null, vsn: Buffer.from([1, 5, 2, 0, 0, 0]) }),
+        plain,
+      ),
+      { host: a.host, port: 7946 },
+    );
+    const routedAgain = await world.clock
+      .until(
+        () => a.cluster.current('store').length !== 2 || a.cluster.memberlist.member(c.name) !== null,
+        10_000,
+        50,
+      )
+      .then(
+        () => true,
+        () => false,
+      );
+    assert.equal(routedAgain, false, 'C never came back in 10 s after the stale state');
+    assert.ok(!(c.name in a.cluster.clusterState().delegate));
+    assert.ok((await metricValue(a.registry, 'oklog_cluster_stale_alives_total')) >= 2);
+
+    // A higher incarnation is a refutation (a live member wrongly declared dead): accepted.
+    await pushPullTo(world, fake, a.host, [cAlive(cInc + 1)], stale);
+    assert.equal(world.stateOf(a, c), 'alive');
+    assert.ok(!a.cluster.memberlist.isTombstoned(c.name));
+    assert.equal(a.cluster.current('store').length, 3);
+    // C is really gone, so it dies again.
+    await world.clock.until(() => world.stateOf(a, c) === 'dead', 30_000);
+    assert.equal(a.cluster.current('store').length, 2);
+  });
+
+  it('inbound streams share one memory budget: over it a stream is closed and counted, and the budget comes back', async () => {
+    world = new SimWorld();
+    const MiB = 1024 * 1024;
+    const a = await world.start('10.0.0.1', { gossip: { maxInboundStreamBytes: MiB } });
+    const fake = world.net.transport('10.0.0.99');
+    const open = async () => {
+      const dialing = fake.dial({ host: a.host, port: 7946 }, 1000);
+      await world.clock.advance(5);
+      const conn = await dialing;
+      const got: Buffer[] = [];
+      let closed = false;
+      conn.onData((b) => got.push(b));
+      conn.onClose(() => {
+        closed = true;
+      });
+      return { conn, got, closed: () => closed };
+    };
+    /** A push/pull's user state: a JSON object of exactly `n` bytes. */
+    const userState = (n: number) => Buffer.from(`{"x":"${'a'.repeat(n - 8)}"}`);
+    const header = (userLen: number) => {
+      const w = new MsgWriter();
+      w.byte(MsgType.pushPull);
+      writePushPullHeader(w, { nodes: 0, userStateLen: userLen, join: false });
+      return Buffer.from(w.finish());
+    };
+    const budgetDrops = () =>
+      metricValue(a.registry, 'oklog_cluster_dropped_packets_total', { reason: 'budget' });
+
+    // Stream 1 holds 700 KiB of a 900 KiB state, uncompressed, and waits.
+    const big = userState(900 * 1024);
+    const s1 = await open();
+    s1.conn.write(Buffer.concat([header(big.length), big.subarray(0, 700 * 1024)]));
+    await world.clock.advance(5);
+    assert.ok(a.cluster.memberlist.inboundStreamBytes >= 700 * 1024);
+    assert.equal(s1.closed(), false);
+
+    // Stream 2 would take the node past 1 MiB: closed at once, counted.
+    const s2 = await open();
+    s2.conn.write(Buffer.concat([header(big.length), big.subarray(0, 700 * 1024)]));
+    await world.clock.advance(5);
+    assert.equal(s2.closed(), true);
+    assert.equal(await budgetDrops(), 1);
+
+    // Stream 3 is small on the wire but decompresses to 600 KiB: more than the room left.
+    const s3 = await open();
+    s3.conn.write(pushPullFrame([], userState(600 * 1024)));
+    await world.clock.advance(5);
+    assert.equal(s3.closed(), true);
+    assert.equal(await budgetDrops(), 2);
+
+    // Stream 1 completes: its push/pull is answered, and everything it held is given back.
+    s1.conn.write(big.subarray(700 * 1024));
+    await world.clock.advance(20);
+    assert.ok(s1.got.length > 0, 'stream 1 got its reply');
+    assert.equal(a.cluster.memberlist.inboundStreamBytes, 0);
+
+    // With the budget back, the 600 KiB state goes through.
+    const okBefore = await metricValue(a.registry, 'oklog_cluster_push_pulls_total', {
+      direction: 'in',
+      result: 'ok',
+    });
+    const s4 = await open();
+    s4.conn.write(pushPullFrame([], userState(600 * 1024)));
+    await world.clock.advance(20);
+    assert.ok(s4.got.length > 0, 'stream 4 got its reply');
+    assert.equal(
+      await metricValue(a.registry, 'oklog_cluster_push_pulls_total', { direction: 'in', result: 'ok' }),
+      okBefore + 1,
+    );
+    assert.equal(await budgetDrops(), 2);
+    assert.equal(a.cluster.memberlist.inboundStreamBytes, 0);
   });
 
   it('a lone node keeps retrying its seeds, re-resolving DNS, until it joins', async () => {
