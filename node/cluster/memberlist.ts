@@ -68,6 +68,8 @@ export const PROTOCOL_VERSION_MAX = 5;
 const COMPOUND_HEADER_OVERHEAD = 2;
 const COMPOUND_OVERHEAD = 2;
 const PUSH_PULL_SCALE_THRESHOLD = 32;
+/** Share of ProbeTimeout a helper waits for the target's ack before it nacks (see handleIndirectPing). */
+const NACK_TIMEOUT_FRACTION = 0.8;
 
 export type MemberState = 'alive' | 'suspect' | 'dead' | 'left';
 const STATE_NAMES: MemberState[] = ['alive', 'suspect', 'dead', 'left'];
@@ -526,9 +528,18 @@ export class Memberlist {
     return this.broadcasts.getBroadcasts(overhead, limit);
   }
 
-  /** Sends one message, piggybacking queued broadcasts in a compound when there are any. */
+  /**
+   * Sends one message, piggybacking queued broadcasts in a compound when there are any. The
+   * message's own length entry in the compound header is counted too (memberlist forgets it and
+   * may send UDPBufferSize + 2 bytes), so no packet exceeds UDPBufferSize before its CRC header.
+   */
   private sendMsg(to: HostPort, msg: Buffer, node: NodeState | null): void {
-    const avail = this.cfg.udpBufferSize - msg.length - COMPOUND_HEADER_OVERHEAD - this.overheadBytes();
+    const avail =
+      this.cfg.udpBufferSize -
+      msg.length -
+      COMPOUND_HEADER_OVERHEAD -
+      COMPOUND_OVERHEAD -
+      this.overheadBytes();
     const extra = this.getBroadcasts(COMPOUND_OVERHEAD, avail);
     if (extra.length === 0) this.rawSendPacket(to, node, msg);
     else this.rawSendPacket(to, node, makeCompound([msg, ...extra.slice(0, 254)]));
@@ -663,7 +674,12 @@ export class Memberlist {
     const target = { host: bytesToIp(ind.target) ?? '0.0.0.0', port };
     this.sendMsg(target, encodePing(ping), this.nodeMap.get(ind.node) ?? null);
     if (ind.nack) {
-      nackTimer = this.after(this.cfg.probeTimeoutMs, () => {
+      // memberlist nacks after a full ProbeTimeout, which puts the nack at the requester's probe
+      // deadline plus a round trip (ProbeTimeout direct wait + ProbeTimeout here = ProbeInterval):
+      // it always comes too late to count, and every failed probe of a really dead member then
+      // raises the requester's health score as if the fault were its own. Nacking at 80% of
+      // ProbeTimeout leaves a fifth of it for the round trip, for our requesters and Go's alike.
+      nackTimer = this.after(Math.floor(this.cfg.probeTimeoutMs * NACK_TIMEOUT_FRACTION), () => {
         this.sendMsg(replyTo, encodeNack({ seqNo: ind.seqNo }), requester);
       });
     }

@@ -1,11 +1,24 @@
-// Shared plumbing of the cluster tests: clusters on the simulated network, metric reads.
+// Shared plumbing of the cluster tests: clusters on the simulated network, metric reads, hand-made
+// push/pull exchanges.
+import assert from 'node:assert/strict';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { type Cluster, type GossipTuning, startCluster } from '../../node/cluster/cluster.ts';
 import type { Keyring } from '../../node/cluster/crypto.ts';
 import type { Lookup } from '../../node/cluster/memberlist.ts';
+import { MsgWriter } from '../../node/cluster/msgpack.ts';
 import type { PeerType } from '../../node/cluster/peers.ts';
-import { SimClock, SimNetwork, seededRandom } from './sim.ts';
+import { BufferSource, frameStream, openStream } from '../../node/cluster/stream.ts';
+import {
+  asStruct,
+  decodePushNodeState,
+  decodePushPullHeader,
+  MsgType,
+  type PushNodeState,
+  writePushNodeState,
+  writePushPullHeader,
+} from '../../node/cluster/wire.ts';
+import { SimClock, SimNetwork, type SimTransport, seededRandom } from './sim.ts';
 
 export const silent = pino({ level: 'silent' });
 
@@ -62,6 +75,7 @@ export class SimWorld {
       gossip?: GossipTuning;
       name?: string;
       keyring?: Keyring;
+      label?: string;
       apiPort?: number;
     } = {},
   ): Promise<SimNode> {
@@ -76,6 +90,7 @@ export class SimWorld {
       registry,
       name,
       keyring: o.keyring,
+      label: o.label,
       gossip: o.gossip,
       transport: this.net.transport(host, 7946),
       clock: this.clock,
@@ -114,4 +129,39 @@ export class SimWorld {
   async stopAll(): Promise<void> {
     for (const n of this.nodes) await n.cluster.stop();
   }
+}
+
+export function pushPullFrame(nodes: PushNodeState[], user: Buffer, join = false): Buffer {
+  const w = new MsgWriter();
+  w.byte(MsgType.pushPull);
+  writePushPullHeader(w, { nodes: nodes.length, userStateLen: user.length, join });
+  for (const n of nodes) writePushNodeState(w, n);
+  w.bytes(user);
+  return frameStream(w.finish(), { compress: true, keyring: null, label: '' });
+}
+
+/** A push/pull from `from` (a bare simulated endpoint) to `host`; resolves with the nodes of the reply. */
+export async function pushPullTo(
+  w: SimWorld,
+  from: SimTransport,
+  host: string,
+  nodes: PushNodeState[],
+  user: Buffer,
+): Promise<PushNodeState[]> {
+  const dialing = from.dial({ host, port: 7946 }, 1000);
+  await w.clock.advance(5);
+  const conn = await dialing;
+  const chunks: Buffer[] = [];
+  conn.onData((b) => chunks.push(b));
+  conn.write(pushPullFrame(nodes, user));
+  await w.clock.advance(50);
+  const { type, source } = await openStream(new BufferSource(Buffer.concat(chunks)), {
+    keyring: null,
+    label: '',
+  });
+  assert.equal(type, MsgType.pushPull);
+  const h = decodePushPullHeader(asStruct(await source.readValue(), 'header'));
+  const out: PushNodeState[] = [];
+  for (let i = 0; i < h.nodes; i++) out.push(decodePushNodeState(asStruct(await source.readValue(), 'node')));
+  return out;
 }

@@ -14,21 +14,16 @@ import {
 import { MsgWriter } from '../../node/cluster/msgpack.ts';
 import { encodePacket } from '../../node/cluster/packet.ts';
 import { retransmitLimit, TransmitLimitedQueue } from '../../node/cluster/queue.ts';
-import { BufferSource, frameStream, openStream } from '../../node/cluster/stream.ts';
 import { remainingSuspicionTime, Suspicion, suspicionTimeout } from '../../node/cluster/suspicion.ts';
 import {
-  asStruct,
-  decodePushNodeState,
-  decodePushPullHeader,
   encodeAlive,
   encodeDead,
   encodeSuspect,
   MsgType,
   type PushNodeState,
-  writePushNodeState,
   writePushPullHeader,
 } from '../../node/cluster/wire.ts';
-import { metricValue, SimWorld, silent } from './helpers.ts';
+import { metricValue, pushPullFrame, pushPullTo, SimWorld, silent } from './helpers.ts';
 import { SimClock, type SimTransport, seededRandom } from './sim.ts';
 
 let world: SimWorld;
@@ -37,41 +32,6 @@ afterEach(async () => {
 });
 
 const plain = { compress: true, crc: false, keyring: null, label: '' };
-
-function pushPullFrame(nodes: PushNodeState[], user: Buffer, join = false): Buffer {
-  const w = new MsgWriter();
-  w.byte(MsgType.pushPull);
-  writePushPullHeader(w, { nodes: nodes.length, userStateLen: user.length, join });
-  for (const n of nodes) writePushNodeState(w, n);
-  w.bytes(user);
-  return frameStream(w.finish(), { compress: true, keyring: null, label: '' });
-}
-
-/** A push/pull from `from` (a bare simulated endpoint) to `host`; resolves with the nodes of the reply. */
-async function pushPullTo(
-  w: SimWorld,
-  from: SimTransport,
-  host: string,
-  nodes: PushNodeState[],
-  user: Buffer,
-): Promise<PushNodeState[]> {
-  const dialing = from.dial({ host, port: 7946 }, 1000);
-  await w.clock.advance(5);
-  const conn = await dialing;
-  const chunks: Buffer[] = [];
-  conn.onData((b) => chunks.push(b));
-  conn.write(pushPullFrame(nodes, user));
-  await w.clock.advance(50);
-  const { type, source } = await openStream(new BufferSource(Buffer.concat(chunks)), {
-    keyring: null,
-    label: '',
-  });
-  assert.equal(type, MsgType.pushPull);
-  const h = decodePushPullHeader(asStruct(await source.readValue(), 'header'));
-  const out: PushNodeState[] = [];
-  for (let i = 0; i < h.nodes; i++) out.push(decodePushNodeState(asStruct(await source.readValue(), 'node')));
-  return out;
-}
 
 describe('gossip protocol (simulated network)', () => {
   it('joins through a seed and converges on members and peer info', async () => {
