@@ -35,8 +35,9 @@ const ingestStats = (i: number) => ({
 const storeStats = (i: number) => ({
   segments: { count: 10 * i, bytes: 128 * 1024 * 1024 },
   trashed: { count: 1, bytes: 5 },
-  oldestRecord: '01JD3XK5V8Q9W2T6YB4N0M7H1C',
-  newestRecord: i === 1 ? null : '01JD3XK5V8Q9W2T6YB4N0M7H1D',
+  // As node/store's stats() reports them: ISO 8601 times of the first and last records' ULIDs.
+  oldestRecord: '2024-11-20T09:14:03.512Z',
+  newestRecord: i === 1 ? null : `2024-11-25T17:0${i}:41.007Z`,
 });
 
 before(async () => {
@@ -143,7 +144,7 @@ describe('oklogctl stats', () => {
     assert.match(out, /STORE NODES \(3\)/);
     assert.match(
       out,
-      /n-store\s+127\.0\.0\.1:\d+\s+30 \/ 128\.0 MiB\s+1 \/ 5 B\s+01JD3XK5V8Q9W2T6YB4N0M7H1C\s+01JD3XK5V8Q9W2T6YB4N0M7H1D\s+ok/,
+      /n-store\s+127\.0\.0\.1:\d+\s+30 \/ 128\.0 MiB\s+1 \/ 5 B\s+2024-11-20T09:14:03\.512Z\s+2024-11-25T17:03:41\.007Z\s+ok/,
     );
     assert.match(out, /n-dead\s+.*ERROR: GET http:\/\/127\.0\.0\.1:\d+\/store\/stats: ECONNREFUSED/);
     assert.match(out, /store nodes answered: 2\/3 \(INCOMPLETE\)/);
