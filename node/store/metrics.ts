@@ -11,6 +11,12 @@ export interface StoreMetrics {
   replicatedBytes: Counter<'direction'>;
   replicateRejected: Counter;
   queries: Counter<'kind' | 'result'>;
+  /** Segments rewritten because they held lines that are not records (StoreLog.repair). */
+  repairedSegments: Counter<'result'>;
+  /** Lines set aside into `.bad` files (recovery and repair). */
+  badLines: Counter;
+  /** Set-aside files (`*.bad`, `quarantine/*`) deleted after retain + purge. */
+  sweptFiles: Counter<'kind'>;
 }
 
 function shared<T>(registry: Registry, name: string, make: () => T): T {
@@ -94,6 +100,38 @@ export function createStoreMetrics(registry: Registry): StoreMetrics {
           name: 'oklog_store_queries_total',
           help: 'Queries answered, by kind (query = fan-out, node = _query) and result.',
           labelNames: ['kind', 'result'],
+          registers,
+        }),
+    ),
+    repairedSegments: shared(
+      registry,
+      'oklog_store_repaired_segments_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_repaired_segments_total',
+          help: 'Segments rewritten because they held lines that are not records, by result (OK, Error).',
+          labelNames: ['result'],
+          registers,
+        }),
+    ),
+    badLines: shared(
+      registry,
+      'oklog_store_bad_lines_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_bad_lines_total',
+          help: 'Lines that are not records, set aside into .bad files by recovery and repair.',
+          registers,
+        }),
+    ),
+    sweptFiles: shared(
+      registry,
+      'oklog_store_swept_files_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_swept_files_total',
+          help: 'Set-aside files deleted after retain + purge, by kind (bad, quarantine).',
+          labelNames: ['kind'],
           registers,
         }),
     ),

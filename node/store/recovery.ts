@@ -1,14 +1,25 @@
 // Opening the store log: lock, then bring the directory back to a consistent state after a crash
 // (reference §4.3, with its rough edges fixed): `.active` files become segments named from their
 // contents, torn or invalid lines are quarantined (never silently dropped), `.reading` files go
-// back to `.flushed`, and files with unparsable names are moved aside as `.bad`, not deleted.
+// back to `.flushed`, files with unparsable names are moved aside as `.bad`, not deleted, and a
+// name with its bounds reversed (`HIGH-LOW`, which OK Log could write) is renamed `LOW-HIGH`.
 import { basename, dirname } from 'node:path';
-import { RECORD_PREFIX_LENGTH, SPACE } from '../../shared/record.ts';
-import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
-import type { FileInfo, WritableFile } from '../fs/index.ts';
-import { compareUlid, forEachLine } from './lines.ts';
-import { ACTIVE_EXT, BAD_EXT, parseSegmentName, SEGMENT_STATES } from './segment-name.ts';
-import { type SegmentEntry, StoreLog, type StoreLogOptions } from './store-log.ts';
+import { ULID_LENGTH } from '../../shared/ulid.ts';
+import type { FileInfo } from '../fs/index.ts';
+import { forEachLine } from './lines.ts';
+import { LineClassifier, rewriteRecords } from './rewrite.ts';
+import {
+  ACTIVE_EXT,
+  BAD_EXT,
+  DOOMED_EXT,
+  parseSegmentName,
+  SEGMENT_STATES,
+  type SegmentState,
+  segmentFileName,
+} from './segment-name.ts';
+import { StoreLog, type StoreLogOptions } from './store-log.ts';
+
+export { type RewriteResult, rewriteRecords } from './rewrite.ts';
 
 export async function openStoreLog(opts: StoreLogOptions): Promise<StoreLog> {
   const log = new StoreLog(opts);
@@ -22,14 +33,29 @@ export async function openStoreLog(opts: StoreLogOptions): Promise<StoreLog> {
   return log;
 }
 
+interface Named {
+  info: FileInfo;
+  low: string;
+  high: string;
+  state: SegmentState;
+}
+
 async function recover(log: StoreLog): Promise<void> {
   const files = (await log.fs.list(log.root)).filter((f) => dirname(f.path) === log.root);
   const actives: FileInfo[] = [];
-  const readings: { info: FileInfo; low: string; high: string }[] = [];
+  const readings: Named[] = [];
+  const reversed: Named[] = [];
   for (const f of files) {
     if (f.name === 'LOCK' || f.name.endsWith(BAD_EXT)) continue;
     if (f.name.endsWith(ACTIVE_EXT)) {
       actives.push(f);
+      continue;
+    }
+    if (f.name.endsWith(DOOMED_EXT)) {
+      // Removed from the log while a query still read it, then the process died: its records are
+      // in the segments that replaced it (or it was purged).
+      log.logger.info({ file: f.name }, 'store: deleting leftover removed segment');
+      await log.fs.remove(f.path);
       continue;
     }
     const parsed = parseSegmentName(f.name);
@@ -40,15 +66,29 @@ async function recover(log: StoreLog): Promise<void> {
       else log.logger.debug({ file: f.name }, 'store: ignoring unknown file');
       continue;
     }
-    if (parsed.state === 'reading') readings.push({ info: f, low: parsed.low, high: parsed.high });
+    const named: Named = { info: f, ...parsed };
+    if (parsed.state === 'reading') readings.push(named);
+    // parseSegmentName swaps reversed bounds; the file is still under its reversed name.
+    else if (f.name !== segmentFileName(parsed.low, parsed.high, parsed.state)) reversed.push(named);
     else log.adopt(parsed.low, parsed.high, parsed.state, f.size, f.mtimeMs);
   }
+  // After every well-named file is in the index, so that these renames can never land on a name
+  // some file on disk already has (the log nudges the name instead).
   // A compaction was interrupted: its inputs are whole, so they go back to `.flushed` (outputs it
   // had committed duplicate them; dedupe hides that and compaction removes it). Through commit,
   // so a name another file took meanwhile is never overwritten.
   for (const r of readings) {
     const e = await log.commit(r.info.path, r.low, r.high, r.info.size);
     log.logger.info({ file: r.info.name, segment: e.base }, 'store: reset .reading segment');
+  }
+  // `HIGH-LOW.<state>`: the index and every later rename use `LOW-HIGH`, so the file takes that
+  // name now (a trashed one keeps its trash time: a rename leaves the mtime alone).
+  for (const r of reversed) {
+    const e = await log.place(r.info.path, r.low, r.high, r.state, r.info.size, r.info.mtimeMs);
+    log.logger.warn(
+      { file: r.info.name, segment: e.file },
+      'store: renamed segment whose name had its bounds reversed',
+    );
   }
   for (const f of actives) await recoverActive(log, f);
 }
@@ -65,26 +105,6 @@ interface Inspection {
   high: string | null;
   /** Every line is a record, in strictly increasing ULID order, and the file ends with a newline. */
   clean: boolean;
-}
-
-type LineClass = 'good' | 'duplicate' | 'bad';
-
-/** Classifies lines one at a time against the last good record's ULID. */
-class LineClassifier {
-  private readonly last = Buffer.alloc(ULID_LENGTH);
-  private hasLast = false;
-  classify(buf: Buffer, start: number, end: number, complete: boolean): LineClass {
-    if (!complete || end - start < RECORD_PREFIX_LENGTH) return 'bad';
-    if (!isCanonicalUlidAt(buf, start) || buf[start + ULID_LENGTH] !== SPACE) return 'bad';
-    if (this.hasLast) {
-      const d = compareUlid(buf, start, this.last, 0);
-      if (d === 0) return 'duplicate';
-      if (d < 0) return 'bad'; // out of order: the file must stay sorted
-    }
-    buf.copy(this.last, 0, start, start + ULID_LENGTH);
-    this.hasLast = true;
-    return 'good';
-  }
 }
 
 async function inspect(log: StoreLog, path: string): Promise<Inspection> {
@@ -105,88 +125,6 @@ async function inspect(log: StoreLog, path: string): Promise<Inspection> {
   return r;
 }
 
-/** Buffers writes into ~1 MiB batches. */
-class BatchWriter {
-  private parts: Buffer[] = [];
-  private bytes = 0;
-  size = 0;
-  constructor(private readonly file: WritableFile) {}
-  async add(buf: Buffer): Promise<void> {
-    this.parts.push(buf);
-    this.bytes += buf.length;
-    this.size += buf.length;
-    if (this.bytes >= 1 << 20) await this.flush();
-  }
-  async flush(): Promise<void> {
-    if (this.bytes === 0) return;
-    const parts = this.parts;
-    this.parts = [];
-    this.bytes = 0;
-    await this.file.write(parts);
-  }
-}
-
-export interface RewriteResult {
-  entry: SegmentEntry | null;
-  records: number;
-  duplicates: number;
-  quarantined: number;
-}
-
-/**
- * Copies the valid, strictly increasing records of `path` into a new segment (dropping repeated
- * ULIDs, quarantining anything else into `<path>.bad`), commits it and deletes `path`.
- */
-export async function rewriteRecords(log: StoreLog, path: string): Promise<RewriteResult> {
-  const c = new LineClassifier();
-  const out = await log.createActive();
-  const good = new BatchWriter(out.file);
-  let bad: BatchWriter | null = null;
-  let badFile: WritableFile | null = null;
-  const result: RewriteResult = { entry: null, records: 0, duplicates: 0, quarantined: 0 };
-  let low: string | null = null;
-  let high: string | null = null;
-  try {
-    await forEachLine(
-      log.fs.createReadStream(path, { highWaterMark: 1 << 20 }),
-      async (buf, s, e, complete) => {
-        const k = c.classify(buf, s, e, complete);
-        if (k === 'good') {
-          result.records++;
-          high = buf.toString('latin1', s, s + ULID_LENGTH);
-          low ??= high;
-          await good.add(Buffer.from(buf.subarray(s, e + 1)));
-        } else if (k === 'duplicate') {
-          result.duplicates++;
-        } else {
-          result.quarantined++;
-          if (bad === null) {
-            badFile = await log.fs.create(`${path}${BAD_EXT}`);
-            bad = new BatchWriter(badFile);
-          }
-          const line = Buffer.from(buf.subarray(s, complete ? e + 1 : e));
-          await bad.add(complete ? line : Buffer.concat([line, Buffer.from('\n')]));
-        }
-      },
-    );
-    await good.flush();
-    await out.file.sync();
-    await out.file.close();
-    if (bad !== null) {
-      await (bad as BatchWriter).flush();
-      await (badFile as unknown as WritableFile).close();
-    }
-  } catch (err) {
-    await out.file.close().catch(() => {});
-    await log.discard(out.path);
-    throw err;
-  }
-  if (low === null || high === null) await log.discard(out.path);
-  else result.entry = await log.commit(out.path, low, high, good.size, result.records);
-  await log.fs.remove(path);
-  return result;
-}
-
 async function recoverActive(log: StoreLog, f: FileInfo): Promise<void> {
   const r = await inspect(log, f.path);
   if (r.records === 0 && r.clean) {
@@ -200,6 +138,7 @@ async function recoverActive(log: StoreLog, f: FileInfo): Promise<void> {
     return;
   }
   const res = await rewriteRecords(log, f.path);
+  log.metrics?.badLines.inc(res.quarantined);
   log.logger.warn(
     {
       file: f.name,

@@ -9,7 +9,7 @@ import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
 import { InvalidRecordsError } from './errors.ts';
 import { GcNudge } from './gc-nudge.ts';
 import { compareUlid } from './lines.ts';
-import { rewriteRecords } from './recovery.ts';
+import { rewriteRecords } from './rewrite.ts';
 import type { ActiveFile, SegmentEntry, StoreLog } from './store-log.ts';
 
 const NL = 0x0a;

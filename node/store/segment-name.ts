@@ -9,6 +9,11 @@ export const SEGMENT_STATES: readonly SegmentState[] = ['flushed', 'reading', 't
 export const ACTIVE_EXT = '.active';
 /** Extension appended to files set aside (bad names, unparsable lines): kept for a human, never read. */
 export const BAD_EXT = '.bad';
+/**
+ * Extension of a segment removed from the log while a query still reads it: renamed out of the
+ * way so its segment name is free again; deleted once the last reader lets go (or at recovery).
+ */
+export const DOOMED_EXT = '.doomed';
 
 export interface SegmentName {
   low: string;
@@ -39,7 +44,8 @@ export function segmentFileName(low: string, high: string, state: SegmentState):
 
 /**
  * Parses `LOW-HIGH.state`. Returns null for anything else (the caller moves such files aside).
- * Reversed bounds are swapped, as OK Log does, so a hand-renamed file is still found by queries.
+ * Reversed bounds are swapped, as OK Log does; the file itself is still under its reversed name,
+ * which differs from `segmentFileName(low, high, state)`: recovery renames it (recovery.ts).
  */
 export function parseSegmentName(name: string): SegmentName | null {
   const dot = name.lastIndexOf('.');

@@ -5,11 +5,16 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
+import type { Counter } from 'prom-client';
+import { describeError, OklogError } from '../../shared/errors.ts';
 import { ulidTime } from '../../shared/ulid.ts';
 import type { FileSystem, Lock, WritableFile } from '../fs/index.ts';
 import { StoreClosedError } from './errors.ts';
+import { type RewriteResult, rewriteRecords } from './rewrite.ts';
 import {
   ACTIVE_EXT,
+  BAD_EXT,
+  DOOMED_EXT,
   nextUlid,
   prevUlid,
   type SegmentState,
@@ -24,6 +29,11 @@ export interface SegmentEntry {
   readonly high: string;
   readonly base: string;
   state: SegmentState;
+  /**
+   * The file's name in the store directory: `LOW-HIGH.<state>`, or a unique `….doomed` name once
+   * the segment was removed while a reader still held it (so its segment name is free again).
+   */
+  file: string;
   size: number;
   mtimeMs: number;
   /** Records in the file when known (counted when written, or by a full count scan), else null. */
@@ -32,6 +42,11 @@ export interface SegmentEntry {
   refs: number;
   /** Gone from the log; the file is deleted when the last reader releases it. */
   doomed: boolean;
+  /**
+   * A repair of its lines failed (see StoreLog.repair): compaction leaves it alone until the next
+   * start, instead of failing on it every few seconds.
+   */
+  unrepairable: boolean;
 }
 
 /** A segment held by a reader: its file is not deleted until `release()`. */
@@ -55,11 +70,43 @@ export interface StoreLogStats {
   newestRecord: string | null;
 }
 
+/** Counters the log updates itself (a subset of StoreMetrics, metrics.ts). */
+export interface StoreLogMetrics {
+  repairedSegments: Counter<'result'>;
+  badLines: Counter;
+}
+
 export interface StoreLogOptions {
   fs: FileSystem;
   root: string;
   logger: Logger;
   now?: () => number;
+  metrics?: StoreLogMetrics;
+}
+
+export interface CommitOptions {
+  /**
+   * Segments the new one replaces (compaction inputs, a repaired segment): their names count as
+   * free, so an output with an input's bounds gets exactly that name instead of a nudged HIGH.
+   * The caller removes them right after.
+   */
+  replacing?: readonly SegmentEntry[];
+}
+
+export interface RepairResult extends RewriteResult {
+  /** The repaired segment (now removed from the log). */
+  segment: string;
+}
+
+/**
+ * A segment file cannot change state because another indexed file has the name it would take
+ * (only while a compaction output and the input it replaces share bounds). Context: `file`.
+ */
+export class SegmentNameInUseError extends OklogError {
+  constructor(file: string) {
+    super(`segment file name ${file} is in use`, 'OKLOG_ERR_SEGMENT_NAME_IN_USE', { file });
+    this.name = 'SegmentNameInUseError';
+  }
 }
 
 /** Serialises async critical sections (renames must see a consistent set of names). */
@@ -82,9 +129,14 @@ export class StoreLog {
   readonly root: string;
   readonly logger: Logger;
   readonly now: () => number;
+  readonly metrics: StoreLogMetrics | null;
   private readonly entries = new Map<number, SegmentEntry>();
-  /** Entries (any state, doomed included until their file is gone) per `LOW-HIGH`. */
+  /** Entries whose file carries their segment name (any state, doomed included), per `LOW-HIGH`. */
   private readonly bases = new Map<string, number>();
+  /** Every indexed file by its current name: no rename ever lands on one of them. */
+  private readonly files = new Map<string, SegmentEntry>();
+  /** Repairs running, by entry id (concurrent callers share one). */
+  private readonly repairs = new Map<number, Promise<RepairResult | null>>();
   private readonly mutex = new Mutex();
   private nextId = 1;
   private lock: Lock | null = null;
@@ -97,6 +149,7 @@ export class StoreLog {
     this.root = opts.root;
     this.logger = opts.logger;
     this.now = opts.now ?? Date.now;
+    this.metrics = opts.metrics ?? null;
   }
 
   /** Creates the directory and takes its LOCK (a live holder makes this fail at once). */
@@ -111,10 +164,10 @@ export class StoreLog {
   }
 
   pathOf(e: SegmentEntry): string {
-    return join(this.root, segmentFileName(e.low, e.high, e.state));
+    return join(this.root, e.file);
   }
 
-  /** Adds a segment found on disk (recovery). */
+  /** Adds a segment found on disk under its own name (recovery). */
   adopt(
     low: string,
     high: string,
@@ -130,22 +183,45 @@ export class StoreLog {
       high,
       base,
       state,
+      file: segmentFileName(low, high, state),
       size,
       mtimeMs,
       records,
       refs: 0,
       doomed: false,
+      unrepairable: false,
     };
     this.entries.set(e.id, e);
+    this.files.set(e.file, e);
     this.bases.set(base, (this.bases.get(base) ?? 0) + 1);
     return e;
   }
 
-  private forget(e: SegmentEntry): void {
-    this.entries.delete(e.id);
+  /** True while the entry's file is named `LOW-HIGH.<state>` (counted in `bases`). */
+  private static named(e: SegmentEntry): boolean {
+    return !e.file.endsWith(DOOMED_EXT);
+  }
+
+  private unbase(e: SegmentEntry): void {
     const n = (this.bases.get(e.base) ?? 1) - 1;
     if (n <= 0) this.bases.delete(e.base);
     else this.bases.set(e.base, n);
+  }
+
+  private forget(e: SegmentEntry): void {
+    if (this.entries.get(e.id) !== e) return;
+    this.entries.delete(e.id);
+    if (this.files.get(e.file) === e) this.files.delete(e.file);
+    if (StoreLog.named(e)) this.unbase(e);
+  }
+
+  /** Whether `LOW-HIGH.<state>` may be taken by a new file (see commit). */
+  private free(low: string, high: string, state: SegmentState, replacing: readonly SegmentEntry[]): boolean {
+    if (this.files.has(segmentFileName(low, high, state))) return false;
+    const base = segmentBase(low, high);
+    let n = this.bases.get(base) ?? 0;
+    for (const r of replacing) if (r.base === base && StoreLog.named(r) && this.entries.get(r.id) === r) n--;
+    return n <= 0;
   }
 
   /** Runs a write (replication, compaction output) that `close()` waits for. */
@@ -172,10 +248,11 @@ export class StoreLog {
 
   /**
    * Makes an `.active` (or leftover `.reading`) file a queryable `LOW-HIGH.flushed` segment. If
-   * that name is taken (a retried replication of the same records, a compaction output with an
-   * input's bounds), HIGH is nudged up one ULID at a time: the name still bounds the records, no
-   * rename can ever overwrite another segment, and compaction later merges the two and drops the
-   * duplicates.
+   * that name is taken (a retried replication of the same records), HIGH is nudged up one ULID
+   * at a time: the name still bounds the records, no rename can ever overwrite another segment,
+   * and compaction later merges the two and drops the duplicates. The names of the segments in
+   * `opts.replacing` count as free: a compaction output whose bounds equal an input's takes that
+   * name, instead of a nudged one that would claim records it does not hold (a false overlap).
    */
   async commit(
     path: string,
@@ -183,11 +260,30 @@ export class StoreLog {
     high: string,
     size: number,
     records: number | null = null,
+    opts: CommitOptions = {},
+  ): Promise<SegmentEntry> {
+    return this.place(path, low, high, 'flushed', size, this.now(), records, opts.replacing ?? []);
+  }
+
+  /**
+   * Renames the file at `path` to a free `LOW-HIGH.<state>` name near the one asked for (HIGH
+   * nudged up, as commit) and indexes it. Recovery uses it directly for a file found under a
+   * reversed name, to keep its state and trash time.
+   */
+  async place(
+    path: string,
+    low: string,
+    high: string,
+    state: SegmentState,
+    size: number,
+    mtimeMs: number,
+    records: number | null = null,
+    replacing: readonly SegmentEntry[] = [],
   ): Promise<SegmentEntry> {
     return this.mutex.run(async () => {
       let lo = low;
       let hi = high;
-      for (let i = 0; this.bases.has(segmentBase(lo, hi)); i++) {
+      for (let i = 0; !this.free(lo, hi, state, replacing); i++) {
         const up = nextUlid(hi);
         const down = up === null ? prevUlid(lo) : null;
         if (i >= MAX_NUDGES || (up === null && down === null))
@@ -197,10 +293,12 @@ export class StoreLog {
       }
       if (lo !== low || hi !== high)
         this.logger.info({ wanted: segmentBase(low, high), got: segmentBase(lo, hi) }, 'store: name taken');
-      const target = join(this.root, segmentFileName(lo, hi, 'flushed'));
-      await this.fs.rename(path, target);
-      await this.fs.syncDir(this.root).catch(() => {});
-      return this.adopt(lo, hi, 'flushed', size, this.now(), records);
+      const target = join(this.root, segmentFileName(lo, hi, state));
+      if (target !== path) {
+        await this.fs.rename(path, target);
+        await this.fs.syncDir(this.root).catch(() => {});
+      }
+      return this.adopt(lo, hi, state, size, mtimeMs, records);
     });
   }
 
@@ -240,10 +338,17 @@ export class StoreLog {
     return out;
   }
 
+  /** Changes a segment's state (its file's extension); never onto a name another file has. */
   private async rename(e: SegmentEntry, state: SegmentState): Promise<void> {
-    const from = this.pathOf(e);
-    const to = join(this.root, segmentFileName(e.low, e.high, state));
-    await this.fs.rename(from, to);
+    const to = segmentFileName(e.low, e.high, state);
+    const other = this.files.get(to);
+    // Two entries share a base only while a compaction output replaces its input: the input's
+    // file is about to go, and until then neither may take the other's name.
+    if (other !== undefined && other !== e) throw new SegmentNameInUseError(to);
+    await this.fs.rename(this.pathOf(e), join(this.root, to));
+    if (this.files.get(e.file) === e) this.files.delete(e.file);
+    e.file = to;
+    this.files.set(to, e);
     e.state = state;
   }
 
@@ -290,8 +395,9 @@ export class StoreLog {
   }
 
   /**
-   * Removes segments from the log. A file no query holds is deleted now (errors reported);
-   * the others when their last reader releases them.
+   * Removes segments from the log. A file no query holds is deleted now (errors reported); the
+   * others are renamed out of the way (`….doomed`, so their segment names are free for the files
+   * that replace them) and deleted when their last reader releases them.
    */
   async remove(list: readonly SegmentEntry[]): Promise<void> {
     const errors: unknown[] = [];
@@ -299,8 +405,29 @@ export class StoreLog {
       if (e.doomed) continue;
       e.doomed = true;
       if (e.refs === 0) await this.unlink(e).catch((err) => errors.push(err));
+      else await this.mutex.run(() => this.moveAside(e));
     }
     if (errors.length > 0) throw errors[0];
+  }
+
+  /** Renames a doomed, still-read file to a unique name (readers find it again through path()). */
+  private async moveAside(e: SegmentEntry): Promise<void> {
+    if (e.refs === 0 || !StoreLog.named(e) || this.entries.get(e.id) !== e) return;
+    const to = `${e.file}.${randomUUID().slice(0, 8)}${DOOMED_EXT}`;
+    try {
+      await this.fs.rename(this.pathOf(e), join(this.root, to));
+    } catch (err) {
+      // It keeps its name (and the name stays taken): only a later reuse of that name is put off.
+      this.logger.warn(
+        { err: describeError(err), segment: e.base },
+        'store: renaming removed segment failed',
+      );
+      return;
+    }
+    if (this.files.get(e.file) === e) this.files.delete(e.file);
+    this.unbase(e);
+    e.file = to;
+    this.files.set(to, e);
   }
 
   private async unlink(e: SegmentEntry): Promise<void> {
@@ -315,6 +442,83 @@ export class StoreLog {
       this.logger.warn({ err, segment: e.base }, 'store: deleting segment failed');
       this.forget(e);
       throw err;
+    }
+  }
+
+  /**
+   * Repairs a `.flushed` segment holding lines that are not records (short, garbage, out of
+   * order, outside its name's bounds: an OK Log-era data directory, reference §11.2 item 2),
+   * through the same rewrite recovery uses: the valid records go to a new segment (which may
+   * take the old name), everything else to `LOW-HIGH.flushed.bad`, and the old segment is
+   * removed. Once per segment: concurrent calls share the repair; a segment that is not
+   * `.flushed` (a compaction holds it, and repairs it itself when it fails on it), trashed, gone,
+   * or whose repair failed before is left alone (null). Never throws: a failed repair is logged
+   * and counted, the segment goes back to `.flushed` and is marked `unrepairable`.
+   */
+  repair(e: SegmentEntry, reason: string): Promise<RepairResult | null> {
+    const running = this.repairs.get(e.id);
+    if (running !== undefined) return running;
+    if (this.closed || e.doomed || e.unrepairable || e.state !== 'flushed') return Promise.resolve(null);
+    const p = this.doRepair(e, reason).finally(() => this.repairs.delete(e.id));
+    this.repairs.set(e.id, p);
+    return p;
+  }
+
+  private async doRepair(e: SegmentEntry, reason: string): Promise<RepairResult | null> {
+    try {
+      await this.claim([e]);
+    } catch {
+      return null; // taken meanwhile (compaction, trash): whoever holds it deals with it
+    }
+    // Held while it is read, so the file is not deleted under the rewrite (were it removed).
+    const ref = this.ref(e);
+    try {
+      const badPath = await this.freeBadPath(segmentFileName(e.low, e.high, 'flushed'));
+      const r = await this.write(() =>
+        rewriteRecords(this, ref.path(), { badPath, replacing: [e], removeSource: false }),
+      );
+      ref.release(); // before remove: a file nobody reads is deleted at once, not renamed aside
+      await this.remove([e]).catch((err) =>
+        // The new segment holds every record: the old one is only a duplicate now.
+        this.logger.warn(
+          { err: describeError(err), segment: e.base },
+          'store: removing repaired segment failed',
+        ),
+      );
+      this.metrics?.repairedSegments.inc({ result: 'OK' });
+      this.metrics?.badLines.inc(r.quarantined);
+      this.logger.warn(
+        {
+          segment: e.base,
+          reason,
+          records: r.records,
+          duplicates: r.duplicates,
+          badLines: r.quarantined,
+          output: r.entry?.file ?? null,
+          bad: r.badPath,
+        },
+        'store: repaired a segment holding lines that are not records (set aside in .bad)',
+      );
+      return { ...r, segment: e.base };
+    } catch (err) {
+      e.unrepairable = true;
+      await this.reset([e]);
+      this.metrics?.repairedSegments.inc({ result: 'Error' });
+      this.logger.error(
+        { err: describeError(err), segment: e.base, reason },
+        'store: repairing segment failed; compaction leaves it alone until restart',
+      );
+      return null;
+    } finally {
+      ref.release();
+    }
+  }
+
+  /** `<name>.bad`, or `<name>.<n>.bad` when an earlier repair left one (kept for a human). */
+  private async freeBadPath(name: string): Promise<string> {
+    for (let n = 0; ; n++) {
+      const p = join(this.root, n === 0 ? `${name}${BAD_EXT}` : `${name}.${n}${BAD_EXT}`);
+      if (n >= 1000 || !(await this.fs.exists(p))) return p;
     }
   }
 

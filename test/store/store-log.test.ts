@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { Registry } from 'prom-client';
 import { RealFileSystem, VirtualFileSystem } from '../../node/fs/index.ts';
+import { createStoreMetrics } from '../../node/store/metrics.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { receiveSegment } from '../../node/store/replicate.ts';
 import { tempDir } from '../helpers/index.ts';
-import { line, records, silent, T0, ulidAt } from './helpers.ts';
+import { line, query, records, silent, startTestNode, T0, ulidAt } from './helpers.ts';
 
 async function* body(...parts: string[]): AsyncGenerator<Buffer> {
   for (const p of parts) yield Buffer.from(p);
@@ -172,6 +174,165 @@ test('a segment a query holds is deleted only when released', async () => {
     await new Promise((res) => setTimeout(res, 20));
     assert.deepEqual(await names(dir.path), []);
     await log.close();
+  } finally {
+    await dir.cleanup();
+  }
+});
+
+test('recovery renames a segment whose name has its bounds reversed; it is then read, trashed and queried', async () => {
+  const dir = await tempDir();
+  try {
+    const d = dir.path;
+    const lo = ulidAt(T0);
+    const hi = ulidAt(T0 + 4);
+    // As Go OK Log could write them (it never checked the order of the bounds).
+    await writeFile(join(d, `${hi}-${lo}.flushed`), records(T0, 5));
+    const tlo = ulidAt(T0 + 100);
+    const thi = ulidAt(T0 + 101);
+    await writeFile(join(d, `${thi}-${tlo}.trashed`), records(T0 + 100, 2));
+    const trashedAt = new Date(T0 + 3_600_000);
+    await utimes(join(d, `${thi}-${tlo}.trashed`), trashedAt, trashedAt);
+    // Its normalised name is taken by another file: that one is never overwritten.
+    const olo = ulidAt(T0 + 200);
+    const ohi = ulidAt(T0 + 201);
+    await writeFile(join(d, `${olo}-${ohi}.flushed`), records(T0 + 200, 2));
+    await writeFile(
+      join(d, `${ohi}-${olo}.flushed`),
+      line(T0 + 200, 0, 'other copy') + line(T0 + 201, 0, 'b'),
+    );
+
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent });
+    const files = await names(d);
+    assert.ok(files.includes(`${lo}-${hi}.flushed`), files.join(' '));
+    assert.ok(files.includes(`${tlo}-${thi}.trashed`), files.join(' '));
+    assert.ok(files.includes(`${olo}-${ohi}.flushed`), files.join(' '));
+    assert.ok(!files.some((f) => f.startsWith(hi) || f.startsWith(thi)), files.join(' '));
+    assert.equal(
+      files.filter((f) => f.startsWith(`${olo}-`)).length,
+      2,
+      'the colliding copy got a nudged name',
+    );
+    assert.equal(await readFile(join(d, `${olo}-${ohi}.flushed`), 'utf8'), records(T0 + 200, 2));
+    // The trash time survived the rename.
+    const trashed = log.list(['trashed']);
+    assert.equal(trashed.length, 1);
+    assert.equal(trashed[0].mtimeMs, trashedAt.getTime());
+    assert.equal((await stat(join(d, `${tlo}-${thi}.trashed`))).mtimeMs, trashedAt.getTime());
+
+    // The index's path is the file: a query reads it, retention renames it.
+    const [ref] = log.select(lo, hi);
+    assert.equal(await readFile(ref.path(), 'utf8'), records(T0, 5));
+    ref.release();
+    await log.trash(ref.entry);
+    assert.ok((await names(d)).includes(`${lo}-${hi}.trashed`));
+    await log.close();
+
+    const node = await startTestNode({ root: d, workers: false });
+    try {
+      const r = await query(node.url, {
+        from: new Date(T0 + 200).toISOString(),
+        to: new Date(T0 + 201).toISOString(),
+      });
+      assert.equal(r.status, 200);
+      assert.equal(r.lines.length, 2);
+    } finally {
+      await node.close();
+    }
+  } finally {
+    await dir.cleanup();
+  }
+});
+
+test('repair: a .flushed file with short, invalid and unsorted lines keeps its good records, the rest goes to .bad', async () => {
+  const dir = await tempDir();
+  try {
+    const d = dir.path;
+    const lo = ulidAt(T0);
+    const hi = ulidAt(T0 + 9);
+    const bad = [
+      'short\n',
+      `${'Z'.repeat(26)} default not a ulid\n`,
+      `${ulidAt(T0 + 1)}Xno space\n`,
+      line(T0 + 2, 0, 'out of order'),
+    ];
+    const content =
+      line(T0, 0, 'a') +
+      bad[0] +
+      line(T0 + 3, 0, 'b') +
+      bad[1] +
+      bad[2] +
+      line(T0 + 5, 0, 'c') +
+      line(T0 + 5, 0, 'c again') +
+      bad[3] +
+      line(T0 + 9, 0, 'd');
+    const name = `${lo}-${hi}.flushed`;
+    await writeFile(join(d, name), content);
+    // An earlier repair's .bad file of the same name is kept, not overwritten.
+    await writeFile(join(d, `${name}.bad`), 'earlier\n');
+    const registry = new Registry();
+    const metrics = createStoreMetrics(registry);
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent, metrics });
+    const [e] = log.list(['flushed']);
+    // Concurrent callers share one repair.
+    const [r, again] = await Promise.all([log.repair(e, 'test'), log.repair(e, 'test')]);
+    assert.equal(r, again);
+    assert.ok(r);
+    assert.equal(r.records, 4);
+    assert.equal(r.duplicates, 1);
+    assert.equal(r.quarantined, 4);
+    // The good records keep the segment's very name (the old file is gone).
+    assert.equal(r.entry?.file, name);
+    assert.equal(
+      await readFile(join(d, name), 'utf8'),
+      line(T0, 0, 'a') + line(T0 + 3, 0, 'b') + line(T0 + 5, 0, 'c') + line(T0 + 9, 0, 'd'),
+    );
+    assert.equal(await readFile(join(d, `${name}.bad`), 'utf8'), 'earlier\n');
+    assert.equal(await readFile(join(d, `${name}.1.bad`), 'utf8'), bad.join(''));
+    assert.deepEqual(await names(d), [name, `${name}.1.bad`, `${name}.bad`]);
+    assert.equal(log.list(['flushed']).length, 1);
+    assert.match(
+      await registry.getSingleMetricAsString('oklog_store_repaired_segments_total'),
+      /result="OK"} 1/,
+    );
+    assert.match(await registry.getSingleMetricAsString('oklog_store_bad_lines_total'), / 4$/m);
+    // Only .flushed segments are repaired, each once: the old entry is gone, a claimed one skipped.
+    assert.equal(await log.repair(e, 'again'), null);
+    const [fresh] = log.list(['flushed']);
+    await log.claim([fresh]);
+    assert.equal(await log.repair(fresh, 'held by a compaction'), null);
+    await log.reset([fresh]);
+    await log.close();
+  } finally {
+    await dir.cleanup();
+  }
+});
+
+test('a removed segment still being read is renamed aside: its name is free, its reader still reads it', async () => {
+  const dir = await tempDir();
+  try {
+    const d = dir.path;
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent });
+    const data = records(T0, 3);
+    const r1 = await receiveSegment(log, body(data));
+    assert.ok(r1.entry);
+    const [ref] = log.select(ulidAt(T0), ulidAt(T0 + 2));
+    await log.remove([ref.entry]);
+    const aside = await names(d);
+    assert.equal(aside.length, 1);
+    assert.match(aside[0], /\.doomed$/);
+    assert.equal(await readFile(ref.path(), 'utf8'), data, 'the reader finds the file under its new name');
+    // The same records again take exactly the old name (no nudged HIGH).
+    const r2 = await receiveSegment(log, body(data));
+    assert.equal(r2.entry?.base, r1.entry.base);
+    ref.release();
+    await new Promise((res) => setTimeout(res, 20));
+    assert.deepEqual(await names(d), [`${r1.entry.base}.flushed`]);
+    // A .doomed file left by a crash is deleted at the next start.
+    await writeFile(join(d, `${r1.entry.base}.reading.1234abcd.doomed`), data);
+    await log.close();
+    const again = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent });
+    assert.deepEqual(await names(d), [`${r1.entry.base}.flushed`]);
+    await again.close();
   } finally {
     await dir.cleanup();
   }
