@@ -41,3 +41,19 @@ export class BodyLengthError extends OklogError {
     this.name = 'BodyLengthError';
   }
 }
+
+/**
+ * An ingest segment is larger than the consumer reads into memory; found from its size (HTTP
+ * Content-Length, or the file's size in-process) before any of its bytes are read. Context:
+ * `url`, `size`, `max`.
+ */
+export class SegmentTooLargeError extends OklogError {
+  constructor(url: string, size: number, max: number) {
+    super(
+      `${url}: segment of ${size} bytes exceeds the ${max} bytes the consumer reads into memory`,
+      'OKLOG_ERR_SEGMENT_TOO_LARGE',
+      { url, size, max },
+    );
+    this.name = 'SegmentTooLargeError';
+  }
+}

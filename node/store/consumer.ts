@@ -13,6 +13,12 @@
 // - the upload is streamed and its answer waited for only once it is sent (http-client.ts);
 // - a segment that cannot be merged is failed back alone (the batch goes on); the second time
 //   the same content fails it is quarantined and committed, so it no longer blocks its ingester;
+//   a segment too large to read into memory is treated alike, found from its size before it is
+//   read and streamed to the quarantine file; when the quarantine file cannot be written the
+//   claim is held back for a growing while (the ingester's backlog goes on meanwhile) and the
+//   error is logged at a bounded rate;
+// - one failure memo per node, shared by its consumers, so a poison segment is quarantined on
+//   its second failure whichever consumer saw the first;
 // - after a successful gather the next segment is asked for at once (the delay is applied when an
 //   ingester had nothing or failed), so a backlog drains at network speed, not 10 segments/s.
 import { setTimeout as delay } from 'node:timers/promises';
@@ -21,11 +27,22 @@ import { Counter, type Registry } from 'prom-client';
 import { describeError, RemoteError } from '../../shared/errors.ts';
 import type { Peers } from '../cluster/peers.ts';
 import { Aggregate } from './aggregate.ts';
-import { InsufficientStoresError, SegmentRejectedError } from './consumer-errors.ts';
-import { type ConsumerHttp, type ConsumerHttpOptions, NodeConsumerHttp } from './http-client.ts';
+import { InsufficientStoresError, SegmentRejectedError, SegmentTooLargeError } from './consumer-errors.ts';
+import {
+  type ConsumerHttp,
+  type ConsumerHttpOptions,
+  NodeConsumerHttp,
+  type SpillSink,
+} from './http-client.ts';
 import { LogLimiter } from './log-limiter.ts';
 import { Placement } from './placement.ts';
-import { FailureMemo, Quarantine, type QuarantineOptions, segmentFingerprint } from './quarantine.ts';
+import {
+  FailureMemo,
+  Quarantine,
+  type QuarantineOptions,
+  type QuarantineSink,
+  segmentFingerprint,
+} from './quarantine.ts';
 
 export interface ConsumerMetrics {
   consumedSegments: Counter;
@@ -106,6 +123,21 @@ export interface SegmentConsumerOptions {
   quarantine?: QuarantineOptions;
   /** Merge failures of the same content before it is quarantined (default 2). */
   quarantineAfter?: number;
+  /**
+   * Failures remembered per segment; pass one memo to every consumer of a node, so the count is
+   * per node, not per consumer (default: the consumer's own).
+   */
+  memo?: FailureMemo;
+  /**
+   * After a quarantine file could not be written, the claim is held back this long (ms, default
+   * 1 s) before it is failed back, doubling on every further failure up to `quarantineRetryMaxMs`.
+   */
+  quarantineRetryMs?: number;
+  /**
+   * Longest hold (ms, default 30 s): below the ingest nodes' pending timeout (1 min by default),
+   * so the ingester does not take the claim back itself meanwhile.
+   */
+  quarantineRetryMaxMs?: number;
   /** An HTTP client, or options for the default one. */
   http?: ConsumerHttp | ConsumerHttpOptions;
   /** Largest ingest segment read into memory (default max(targetSize, 512 MiB)). */
@@ -119,6 +151,20 @@ export interface SegmentConsumerOptions {
 interface Claim {
   ingester: string;
   id: string;
+}
+
+/** Memo key of a segment too large to read (its bytes, hence its hash, are never in memory). */
+function oversizeKey(ingester: string, size: number): string {
+  return `${ingester} oversize ${size}`;
+}
+
+/**
+ * The largest ingest segment a consumer reads into memory: the target size, but at least 512 MiB
+ * (ingest nodes cut segments at 16 MiB and bulk uploads at 64 MiB by default). Larger ones are
+ * quarantined on their second attempt, streamed to disk.
+ */
+export function maxSegmentBytesFor(targetSize: number): number {
+  return Math.max(targetSize, 512 * 1024 * 1024);
 }
 
 /** Claim ids are UUIDs; anything else in a 200 body means the peer is not an ingest node. */
@@ -151,6 +197,15 @@ export class SegmentConsumer {
   private readonly placement = new Placement();
   private readonly memo: FailureMemo;
   private readonly limiter: LogLimiter;
+  private readonly retryMinMs: number;
+  private readonly retryMaxMs: number;
+  /** Hold of the next claim parked after a failed quarantine write (grows, reset on success). */
+  private retryMs: number;
+  /**
+   * Poison claims whose quarantine file could not be written: held (pending at their ingester,
+   * so it hands out its next segments meanwhile) until `until`, then failed back.
+   */
+  private parked: { claim: Claim; until: number }[] = [];
 
   // Transaction state (reference §4.1): claims taken, the aggregate, its age, gather errors.
   private claims: Claim[] = [];
@@ -180,10 +235,13 @@ export class SegmentConsumer {
     this.http = isHttp(opts.http) ? opts.http : new NodeConsumerHttp(opts.http);
     this.quarantine = opts.quarantine ? new Quarantine(opts.quarantine, this.now) : null;
     this.quarantineAfter = Math.max(1, opts.quarantineAfter ?? 2);
-    this.maxSegmentBytes = opts.maxSegmentBytes ?? Math.max(opts.targetSize, 512 * 1024 * 1024);
+    this.maxSegmentBytes = opts.maxSegmentBytes ?? maxSegmentBytesFor(opts.targetSize);
     this.insufficientBackoffMs = opts.insufficientBackoffMs ?? 1000;
-    this.memo = new FailureMemo(this.now);
+    this.memo = opts.memo ?? new FailureMemo(this.now);
     this.limiter = new LogLimiter(opts.warnIntervalMs ?? 30_000, this.now);
+    this.retryMinMs = Math.max(1, opts.quarantineRetryMs ?? 1000);
+    this.retryMaxMs = Math.max(this.retryMinMs, opts.quarantineRetryMaxMs ?? 30_000);
+    this.retryMs = this.retryMinMs;
   }
 
   start(): void {
@@ -200,6 +258,7 @@ export class SegmentConsumer {
       this.stopper.abort();
       await this.loop;
       if (this.claims.length > 0) await this.finish(false, 'stopping');
+      await this.unpark(Number.POSITIVE_INFINITY);
       if (this.ownsHttp) this.http.close();
     })();
     return this.stopped;
@@ -226,8 +285,18 @@ export class SegmentConsumer {
     await delay(ms, undefined, { signal: this.stopper.signal }).catch(() => {});
   }
 
+  /** Fails back the parked claims whose hold ended by `t`. */
+  private async unpark(t: number): Promise<void> {
+    if (this.parked.length === 0) return;
+    const due = this.parked.filter((p) => p.until <= t);
+    if (due.length === 0) return;
+    this.parked = this.parked.filter((p) => p.until > t);
+    await Promise.all(due.map((p) => this.settle(p.claim, 'failed')));
+  }
+
   /** One state function; true when the next step should follow without the delay. */
   private async step(): Promise<boolean> {
+    await this.unpark(this.now());
     const ingesters = this.peers.current('ingest');
     const n = ingesters.length;
     // Gather exit: once there were as many failed (or empty) asks as ingesters since the last
@@ -249,9 +318,9 @@ export class SegmentConsumer {
       return true;
     }
     if (n === 0) return false;
-    const stores = this.peers.current('store');
-    if (stores.length < this.rf) {
-      this.tooFewStores(stores.length);
+    const stores = distinct(this.peers.current('store'));
+    if (stores < this.rf) {
+      this.tooFewStores(stores);
       if (this.claims.length > 0) await this.finish(false, 'insufficient_stores');
       await this.pause(this.insufficientBackoffMs);
       return false;
@@ -260,7 +329,7 @@ export class SegmentConsumer {
       this.storesShort = false;
       this.limiter.reset('stores');
       this.logger.info(
-        { stores: stores.length, replicationFactor: this.rf },
+        { stores, replicationFactor: this.rf },
         'store: enough live store nodes again; consuming',
       );
     }
@@ -293,21 +362,60 @@ export class SegmentConsumer {
 
     let body: Buffer;
     let reopen: (() => AsyncIterable<Buffer>) | undefined;
+    // A segment too large for memory that failed before goes to a quarantine file as it is read.
+    let sink: QuarantineSink | null = null;
+    let sinkError: unknown = null;
+    let spillSize = 0;
+    const spill = async (size: number): Promise<SpillSink | null> => {
+      spillSize = size;
+      if (this.quarantine === null) return null;
+      if (this.memo.count(oversizeKey(ingester, size)) + 1 < this.quarantineAfter) return null;
+      try {
+        sink = await this.quarantine.open(ingester);
+      } catch (err) {
+        sinkError = err;
+        return null;
+      }
+      const s = sink;
+      return {
+        write: (chunk) =>
+          s.write(chunk).catch((err: unknown) => {
+            sinkError = err;
+            throw err;
+          }),
+      };
+    };
     try {
       const r = await this.http.read(
         `${base}/read?id=${encodeURIComponent(id)}`,
         this.maxSegmentBytes,
         this.stopper.signal,
+        spill,
       );
       if (r.status !== 200)
         throw new RemoteError(`status ${r.status}: ${snippet(r.body)}`, { status: r.status });
+      if (r.spilled !== undefined) {
+        this.release(claim);
+        await this.quarantineSpilled(claim, r.spilled, sink as QuarantineSink | null);
+        return true;
+      }
       body = r.body;
       reopen = r.reopen;
     } catch (err) {
+      this.release(claim);
+      await (sink as QuarantineSink | null)?.abort();
+      if (sinkError !== null && !this.stopping) {
+        this.quarantineFailed(
+          claim,
+          { ingester, bytes: spillSize, maxBytes: this.maxSegmentBytes },
+          sinkError,
+        );
+        return true;
+      }
+      if (err instanceof SegmentTooLargeError && !this.stopping) return this.tooLarge(claim, err);
       // OK Log failed the whole batch here; only this claim is affected, so only it goes back.
       this.gatherErrors++;
       if (!this.stopping) this.warnPeer(ingester, 'read', err);
-      this.release(claim);
       await this.settle(claim, 'failed');
       return false;
     }
@@ -322,8 +430,7 @@ export class SegmentConsumer {
         await this.settle(claim, 'failed');
         throw err;
       }
-      await this.rejected(claim, body, err);
-      return true;
+      return this.rejected(claim, body, err);
     }
     this.activeSince ??= this.now();
     this.metrics.consumedSegments.inc();
@@ -331,8 +438,11 @@ export class SegmentConsumer {
     return true;
   }
 
-  /** A segment that cannot be merged: fail it back, or quarantine it on its repeated failure. */
-  private async rejected(claim: Claim, body: Buffer, err: SegmentRejectedError): Promise<void> {
+  /**
+   * A segment that cannot be merged: fail it back, or quarantine it on its repeated failure.
+   * True when the next step may follow at once (the ingester's next segment is another one).
+   */
+  private async rejected(claim: Claim, body: Buffer, err: SegmentRejectedError): Promise<boolean> {
     this.metrics.rejectedSegments.inc();
     const key = segmentFingerprint(claim.ingester, body);
     const attempt = this.memo.fail(key);
@@ -344,33 +454,104 @@ export class SegmentConsumer {
       attempt,
     };
     if (this.quarantine === null || attempt < this.quarantineAfter) {
-      this.logger.warn(
-        ctx,
-        this.quarantine === null
-          ? 'store: ingest segment cannot be merged; failed back to its ingester (no quarantine folder configured)'
-          : 'store: ingest segment cannot be merged; failed back to its ingester (quarantined if it fails again)',
-      );
+      this.failedBack(key, ctx);
       await this.settle(claim, 'failed');
-      return;
+      return false; // the ingester hands this segment out again first: not at once
     }
     let path: string;
     try {
       path = await this.quarantine.save(claim.ingester, key, body);
     } catch (saveErr) {
-      this.logger.error(
-        { ...ctx, err: describeError(saveErr), dir: this.quarantine.dir },
-        'store: could not write poison segment to the quarantine folder; failed back to its ingester',
-      );
-      await this.settle(claim, 'failed');
+      this.quarantineFailed(claim, ctx, saveErr);
+      return true;
+    }
+    this.quarantined(key, { ...ctx, path });
+    await this.settle(claim, 'commit');
+    return true;
+  }
+
+  /** A segment announced larger than the consumer reads into memory (nothing of it was read). */
+  private async tooLarge(claim: Claim, err: SegmentTooLargeError): Promise<boolean> {
+    this.metrics.rejectedSegments.inc();
+    const size = Number(err.context.size);
+    const key = oversizeKey(claim.ingester, size);
+    const attempt = this.memo.fail(key);
+    this.failedBack(key, {
+      ingester: claim.ingester,
+      bytes: size,
+      maxBytes: this.maxSegmentBytes,
+      reason: err.message,
+      code: err.code,
+      attempt,
+    });
+    await this.settle(claim, 'failed');
+    return false;
+  }
+
+  /** An oversized segment was streamed into its quarantine file: make it durable, then commit. */
+  private async quarantineSpilled(claim: Claim, bytes: number, sink: QuarantineSink | null): Promise<void> {
+    const key = oversizeKey(claim.ingester, bytes);
+    const ctx = {
+      ingester: claim.ingester,
+      bytes,
+      maxBytes: this.maxSegmentBytes,
+      code: 'OKLOG_ERR_SEGMENT_TOO_LARGE',
+      attempt: this.memo.count(key) + 1,
+    };
+    this.metrics.rejectedSegments.inc();
+    let path: string;
+    try {
+      if (sink === null) throw new Error('no quarantine file');
+      path = await sink.finish();
+    } catch (err) {
+      await sink?.abort();
+      this.quarantineFailed(claim, ctx, err);
       return;
     }
+    this.quarantined(key, { ...ctx, path });
+    await this.settle(claim, 'commit');
+  }
+
+  private failedBack(key: string, ctx: Record<string, unknown>): void {
+    // Bounded: the same segment comes back every tick when there is no quarantine folder.
+    const suppressed = this.limiter.take(`rejected ${key}`);
+    if (suppressed === null) return;
+    this.logger.warn(
+      { ...ctx, suppressed },
+      this.quarantine === null
+        ? 'store: ingest segment cannot be consumed; failed back to its ingester (no quarantine folder configured)'
+        : 'store: ingest segment cannot be consumed; failed back to its ingester (quarantined if it fails again)',
+    );
+  }
+
+  private quarantined(key: string, ctx: Record<string, unknown>): void {
     this.memo.forget(key);
+    this.retryMs = this.retryMinMs;
+    this.limiter.reset('quarantine');
     this.metrics.quarantinedSegments.inc();
     this.logger.error(
-      { ...ctx, path },
+      ctx,
       'store: ingest segment quarantined after repeated merge failures; committed (removed) at its ingester',
     );
-    await this.settle(claim, 'commit');
+  }
+
+  /**
+   * The quarantine file could not be written. Failing the claim back at once would have its
+   * ingester hand the same segment out again first (its mtime is old), to fail again, forever:
+   * the claim is parked instead, so the ingester gives out its next segments meanwhile, and
+   * failed back later, after a hold that doubles on every failure (up to the max, below the
+   * ingesters' pending timeout). Logged at most every warn interval.
+   */
+  private quarantineFailed(claim: Claim, ctx: Record<string, unknown>, err: unknown): void {
+    const hold = this.retryMs;
+    this.retryMs = Math.min(this.retryMaxMs, this.retryMs * 2);
+    this.parked.push({ claim, until: this.now() + hold });
+    const suppressed = this.limiter.take('quarantine');
+    if (suppressed === null) return;
+    this.logger.error(
+      { ...ctx, err: describeError(err), dir: this.quarantine?.dir, holdMs: hold, suppressed },
+      'store: could not write poison segment to the quarantine folder; held back, then failed back to its ingester',
+    );
   }
 
   /** Replicate then commit, or fail: the end of a transaction. */
@@ -382,8 +563,8 @@ export class SegmentConsumer {
       return;
     }
     const stores = this.peers.current('store');
-    if (stores.length < this.rf) {
-      this.tooFewStores(stores.length);
+    if (distinct(stores) < this.rf) {
+      this.tooFewStores(distinct(stores));
       await this.finish(false, 'insufficient_stores');
       return;
     }
@@ -460,6 +641,14 @@ export class SegmentConsumer {
     const url = `http://${claim.ingester}/ingest/${action}?id=${encodeURIComponent(claim.id)}`;
     try {
       const r = await this.http.control('POST', url);
+      if (r.status === 404 && r.retried) {
+        // Resent after a connection reset: the first attempt most likely did it already.
+        this.logger.info(
+          { ingester: claim.ingester, claim: claim.id, action },
+          'store: claim unknown when resent after a connection reset (the first attempt was probably applied)',
+        );
+        return;
+      }
       if (r.status !== 200)
         throw new RemoteError(`status ${r.status}: ${snippet(r.body)}`, { status: r.status });
     } catch (err) {
@@ -495,4 +684,9 @@ export class SegmentConsumer {
     if (suppressed === null) this.logger.debug(ctx, `store: ingest ${what} failed`);
     else this.logger.warn(ctx, `store: ingest ${what} failed`);
   }
+}
+
+/** Store nodes counted by address: a restarted node can linger in gossip under its old name. */
+function distinct(stores: readonly string[]): number {
+  return new Set(stores).size;
 }

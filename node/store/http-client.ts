@@ -9,7 +9,7 @@
 import { once } from 'node:events';
 import { Agent, type IncomingMessage, request } from 'node:http';
 import { RemoteError } from '../../shared/errors.ts';
-import { BodyLengthError, RequestTimeoutError } from './consumer-errors.ts';
+import { BodyLengthError, RequestTimeoutError, SegmentTooLargeError } from './consumer-errors.ts';
 
 export interface HttpResponse {
   status: number;
@@ -19,7 +19,23 @@ export interface HttpResponse {
    * later, so the consumer need not keep `body` in memory until it replicates (local-http.ts).
    */
   reopen?: () => AsyncIterable<Buffer>;
+  /** A segment read too large for memory went to the spill sink instead: its length (body is empty). */
+  spilled?: number;
+  /** A control call was sent a second time, on a new connection, after the first one's was reset. */
+  retried?: boolean;
 }
+
+/** Where the bytes of a segment too large for memory go (a quarantine file). */
+export interface SpillSink {
+  write(chunk: Buffer): Promise<void>;
+}
+
+/**
+ * Asked once a segment read is known to be larger than `maxBytes` (from its size, before any of
+ * its bytes are read): a sink takes the whole body, chunk by chunk; null refuses it, and the read
+ * fails with SegmentTooLargeError.
+ */
+export type SpillFn = (size: number) => Promise<SpillSink | null>;
 
 export interface ConsumerHttpOptions {
   /** Whole-call budget of next/commit/failed (default 10 s). */
@@ -35,8 +51,12 @@ export interface ConsumerHttpOptions {
 /** What the consumer needs from HTTP; tests may inject their own. */
 export interface ConsumerHttp {
   control(method: 'GET' | 'POST', url: string, signal?: AbortSignal): Promise<HttpResponse>;
-  /** GETs a body of at most `maxBytes`; a short or over-long body is an error. */
-  read(url: string, maxBytes: number, signal?: AbortSignal): Promise<HttpResponse>;
+  /**
+   * GETs a body of at most `maxBytes`; a short or over-long body is an error. A body announced
+   * as longer is not read into memory: `spill` decides whether it is streamed to a sink instead,
+   * else the read fails with SegmentTooLargeError.
+   */
+  read(url: string, maxBytes: number, signal?: AbortSignal, spill?: SpillFn): Promise<HttpResponse>;
   /** POSTs `body` as it is produced (chunked); `onSent` gets every chunk's length as it is written. */
   upload(
     url: string,
@@ -80,8 +100,13 @@ export class NodeConsumerHttp implements ConsumerHttp {
       req.on('error', () => {}); // late errors after settling are expected, not fatal
       req.once('error', (err) => {
         clearTimeout(timer);
-        // A kept-alive connection the peer closed just as we reused it: the request never reached
-        // it, so one retry on a fresh connection is safe (and spares a lost commit: duplicates).
+        // A kept-alive connection reset before any answer, just as we reused it: usually the peer
+        // had closed it as idle and never saw the request, so it is sent once more on a fresh
+        // connection (sparing a lost commit: duplicates later). Not guaranteed, though: the peer
+        // may have acted on it before the reset. A repeated commit or failed then finds the claim
+        // gone (404, reported with `retried` so the caller can tell), and a repeated next takes a
+        // second claim while the first waits for the ingester's pending timeout; neither loses
+        // or duplicates a record.
         if (!retried && req.reusedSocket && (err as NodeJS.ErrnoException).code === 'ECONNRESET')
           resolve(this.control(method, url, signal, true));
         else reject(err);
@@ -90,7 +115,11 @@ export class NodeConsumerHttp implements ConsumerHttp {
         readBody(res, SMALL_BODY, url, false).then(
           (body) => {
             clearTimeout(timer);
-            resolve({ status: res.statusCode ?? 0, body });
+            resolve(
+              retried
+                ? { status: res.statusCode ?? 0, body, retried }
+                : { status: res.statusCode ?? 0, body },
+            );
           },
           (err) => {
             clearTimeout(timer);
@@ -102,7 +131,7 @@ export class NodeConsumerHttp implements ConsumerHttp {
     });
   }
 
-  read(url: string, maxBytes: number, signal?: AbortSignal): Promise<HttpResponse> {
+  read(url: string, maxBytes: number, signal?: AbortSignal, spill?: SpillFn): Promise<HttpResponse> {
     return new Promise((resolve, reject) => {
       const req = request(url, { method: 'GET', agent: this.agent, signal });
       // Socket inactivity, headers and body alike: a big segment may take long, a stall may not.
@@ -113,6 +142,18 @@ export class NodeConsumerHttp implements ConsumerHttp {
       req.once('error', reject);
       req.once('response', (res) => {
         const ok = res.statusCode === 200;
+        const declared = Number(res.headers['content-length'] ?? Number.NaN);
+        if (ok && Number.isFinite(declared) && declared > maxBytes) {
+          // Decided from the header, before a byte of the body is read into memory.
+          spillBody(res, url, declared, maxBytes, spill).then(
+            (n) => resolve({ status: 200, body: Buffer.alloc(0), spilled: n }),
+            (err) => {
+              req.destroy();
+              reject(err);
+            },
+          );
+          return;
+        }
         readBody(res, ok ? maxBytes : SMALL_BODY, url, ok).then(
           (body) => resolve({ status: res.statusCode ?? 0, body }),
           (err) => {
@@ -137,9 +178,10 @@ export class NodeConsumerHttp implements ConsumerHttp {
       signal,
       headers: { 'Content-Type': 'application/binary', 'Transfer-Encoding': 'chunked' },
     });
-    req.setTimeout(this.uploadIdleMs, () =>
-      req.destroy(new RequestTimeoutError(url, 'upload progress', this.uploadIdleMs)),
-    );
+    // One timeout listener for both phases (each setTimeout call would add another, and the
+    // first would then report a slow answer as missing upload progress).
+    let phase: { what: string; ms: number } = { what: 'upload progress', ms: this.uploadIdleMs };
+    req.setTimeout(this.uploadIdleMs, () => req.destroy(new RequestTimeoutError(url, phase.what, phase.ms)));
     // The store may answer before the body is complete (a 400 for an invalid body, an error):
     // that answer is the result, not the EPIPE the next write would get.
     req.on('error', () => {}); // late errors after settling are expected, not fatal
@@ -179,9 +221,8 @@ export class NodeConsumerHttp implements ConsumerHttp {
     if (complete) {
       req.end();
       // From here on the store is writing and syncing: give it the generous bound.
-      req.setTimeout(this.answerMs, () =>
-        req.destroy(new RequestTimeoutError(url, 'answer after upload', this.answerMs)),
-      );
+      phase = { what: 'answer after upload', ms: this.answerMs };
+      req.setTimeout(this.answerMs);
     }
     const res = await response;
     try {
@@ -196,6 +237,32 @@ export class NodeConsumerHttp implements ConsumerHttp {
   close(): void {
     this.agent.destroy();
   }
+}
+
+/**
+ * Streams a body too large for memory into the sink `spill` provides (null: refused, as an error).
+ * Returns the bytes written; a body that ends short of `declared` is an error.
+ */
+async function spillBody(
+  res: IncomingMessage,
+  url: string,
+  declared: number,
+  max: number,
+  spill: SpillFn | undefined,
+): Promise<number> {
+  const sink = spill === undefined ? null : await spill(declared);
+  if (sink === null) {
+    res.destroy();
+    throw new SegmentTooLargeError(url, declared, max);
+  }
+  let n = 0;
+  for await (const chunk of res as AsyncIterable<Buffer>) {
+    await sink.write(chunk); // backpressure: the next chunk is read once this one is written
+    n += chunk.length;
+  }
+  if (!res.complete || n !== declared)
+    throw new BodyLengthError(url, `body ended after ${n} of ${declared} bytes`);
+  return n;
 }
 
 /**

@@ -5,9 +5,11 @@
 // crosses the kernel and an HTTP parser twice less, a segment is read with one call, and the
 // answers are exactly what the endpoints would have said, statuses included (httpStatusOf), so the
 // consumer's transaction logic cannot tell the difference.
+import { join } from 'node:path';
 import { httpStatusOf } from '../../shared/errors.ts';
-import { BodyLengthError } from './consumer-errors.ts';
-import type { ConsumerHttp, HttpResponse } from './http-client.ts';
+import type { FileSystem } from '../fs/types.ts';
+import { BodyLengthError, SegmentTooLargeError } from './consumer-errors.ts';
+import type { ConsumerHttp, HttpResponse, SpillFn } from './http-client.ts';
 
 /** The ingest log's consumer-facing verbs (reference §3.5), in-process. */
 export interface LocalIngester {
@@ -17,6 +19,60 @@ export interface LocalIngester {
   reread(id: string): AsyncIterable<Buffer>;
   commit(id: string): Promise<unknown>;
   fail(id: string): Promise<void>;
+  /** The size of a claimed segment, without reading it (null: unknown). */
+  claimSize?(id: string): Promise<number | null>;
+  /** Reads a claim as a stream (as `GET /ingest/read`): for a segment too large for readAll. */
+  read?(id: string): { stream: AsyncIterable<Buffer>; size: number };
+}
+
+/** What `sizedIngester` needs of an IngestLog (node/ingest/segment-log.ts). */
+export interface IngestLogLike {
+  readonly root: string;
+  next(): Promise<{ id: string; segmentId: string } | null>;
+  readAll(id: string): Promise<Buffer>;
+  read(id: string): { stream: AsyncIterable<Buffer>; size: number };
+  reread(id: string): AsyncIterable<Buffer>;
+  commit(id: string): Promise<unknown>;
+  fail(id: string): Promise<void>;
+}
+
+/** Claims remembered for their sizes at most (the consumer settles each; this only bounds a leak). */
+const MAX_TRACKED_CLAIMS = 4096;
+
+/**
+ * An ingest log as a LocalIngester that can tell a claim's size before reading it: the claimed
+ * segment is the file `<ingest.path>/<segment id>.pending` (reference §3.3), so a stat gives it
+ * and a segment too large for memory is never read whole.
+ */
+export function sizedIngester(log: IngestLogLike, fs: FileSystem): LocalIngester {
+  const segments = new Map<string, string>(); // claim id → segment file id
+  const settled = (id: string) => segments.delete(id);
+  return {
+    next: async () => {
+      const c = await log.next();
+      if (c !== null) {
+        segments.set(c.id, c.segmentId);
+        if (segments.size > MAX_TRACKED_CLAIMS) segments.delete(segments.keys().next().value as string);
+      }
+      return c;
+    },
+    claimSize: async (id) => {
+      const seg = segments.get(id);
+      if (seg === undefined) return null;
+      return (await fs.stat(join(log.root, `${seg}.pending`))).size;
+    },
+    readAll: (id) => log.readAll(id),
+    read: (id) => log.read(id),
+    reread: (id) => log.reread(id),
+    commit: (id) => {
+      settled(id);
+      return log.commit(id);
+    },
+    fail: (id) => {
+      settled(id);
+      return log.fail(id);
+    },
+  };
 }
 
 export interface LocalEndpoints {
@@ -93,12 +149,25 @@ export class LocalFirstHttp implements ConsumerHttp {
     }
   }
 
-  async read(url: string, maxBytes: number, signal?: AbortSignal): Promise<HttpResponse> {
+  async read(url: string, maxBytes: number, signal?: AbortSignal, spill?: SpillFn): Promise<HttpResponse> {
     const u = this.route(url);
     const ingest = this.local.ingest;
     if (u === null || ingest === undefined || u.pathname !== '/ingest/read')
-      return this.remote.read(url, maxBytes, signal);
+      return this.remote.read(url, maxBytes, signal, spill);
     const id = u.searchParams.get('id') ?? '';
+    // As over HTTP (where Content-Length tells): a segment too large is found before it is read.
+    const size = await ingest.claimSize?.(id).catch(() => null);
+    if (size !== undefined && size !== null && size > maxBytes) {
+      const sink = spill === undefined || ingest.read === undefined ? null : await spill(size);
+      if (sink === null || ingest.read === undefined) throw new SegmentTooLargeError(url, size, maxBytes);
+      let n = 0;
+      for await (const chunk of ingest.read(id).stream) {
+        signal?.throwIfAborted();
+        await sink.write(chunk);
+        n += chunk.length;
+      }
+      return { status: 200, body: Buffer.alloc(0), spilled: n };
+    }
     const r = await answer(async () => ({
       status: 200,
       body: await ingest.readAll(id),

@@ -1,6 +1,6 @@
 // SegmentConsumer against in-process fake ingest and store nodes (real HTTP on free ports).
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -19,7 +19,7 @@ import { NodeConsumerHttp } from '../../node/store/http-client.ts';
 import { LogLimiter } from '../../node/store/log-limiter.ts';
 import { Placement } from '../../node/store/placement.ts';
 import { FailureMemo } from '../../node/store/quarantine.ts';
-import { tempDir, waitFor } from '../helpers/index.ts';
+import { sleep, tempDir, waitFor } from '../helpers/index.ts';
 import {
   captureLogger,
   FakeIngest,
@@ -191,7 +191,120 @@ describe('NodeConsumerHttp', () => {
     const http = new NodeConsumerHttp({ controlTimeoutMs: 200 });
     await assert.rejects(http.control('GET', `http://127.0.0.1:${port}/slow`), { code: 'OKLOG_ERR_TIMEOUT' });
     await assert.rejects(http.read(`http://127.0.0.1:${port}/cut`, 1000));
-    await assert.rejects(http.read(`http://127.0.0.1:${port}/cut`, 10), { code: 'OKLOG_ERR_BODY_LENGTH' });
+    // Announced larger than the caller takes: refused from the header, a typed error with the size.
+    await assert.rejects(http.read(`http://127.0.0.1:${port}/cut`, 10), {
+      code: 'OKLOG_ERR_SEGMENT_TOO_LARGE',
+      context: { url: `http://127.0.0.1:${port}/cut`, size: 100, max: 10 },
+    });
+    http.close();
+  });
+
+  test('a segment announced larger than the bound is refused before its body, or streamed to a sink', async () => {
+    const huge = 10 * 1024 * 1024 * 1024; // 10 GiB announced; only 1000 bytes ever come
+    const body = Buffer.alloc(1000, 0x61);
+    const server = createServer((req, res) => {
+      if (req.url === '/huge') {
+        res.writeHead(200, { 'Content-Length': huge });
+        res.write(body.subarray(0, 10)); // then stalls: a client reading the body would hang
+        return;
+      }
+      if (req.url === '/chunked') {
+        res.writeHead(200); // no Content-Length: the length is only found by counting
+        res.end(body);
+        return;
+      }
+      res.writeHead(200, { 'Content-Length': body.length });
+      res.end(body);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    });
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const http = new NodeConsumerHttp({ readIdleTimeoutMs: 20_000 });
+    const t = Date.now();
+    await assert.rejects(http.read(`${base}/huge`, 100), (err: unknown) => {
+      const e = err as { code: string; context: { size: number; max: number } };
+      assert.deepEqual([e.code, e.context.size, e.context.max], ['OKLOG_ERR_SEGMENT_TOO_LARGE', huge, 100]);
+      return true;
+    });
+    let asked = -1;
+    await assert.rejects(
+      http.read(`${base}/huge`, 100, undefined, async (size) => {
+        asked = size;
+        return null; // refused: the same error
+      }),
+      { code: 'OKLOG_ERR_SEGMENT_TOO_LARGE' },
+    );
+    assert.equal(asked, huge);
+    assert.ok(Date.now() - t < 5000, 'nothing waited for the body');
+    const got: Buffer[] = [];
+    const r = await http.read(`${base}/whole`, 100, undefined, async () => ({
+      write: async (c: Buffer) => {
+        got.push(Buffer.from(c));
+      },
+    }));
+    assert.equal(r.status, 200);
+    assert.equal(r.spilled, body.length);
+    assert.equal(r.body.length, 0, 'nothing held in memory');
+    assert.deepEqual(Buffer.concat(got), body);
+    await assert.rejects(http.read(`${base}/chunked`, 100), { code: 'OKLOG_ERR_BODY_LENGTH' });
+    http.close();
+  });
+
+  test('a replication answer that does not come is reported as such, not as missing upload progress', async () => {
+    const server = createServer((req) => {
+      req.resume(); // takes the whole body, never answers
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    });
+    const port = (server.address() as AddressInfo).port;
+    const http = new NodeConsumerHttp({ uploadIdleTimeoutMs: 60_000, replicateResponseTimeoutMs: 300 });
+    async function* one() {
+      yield Buffer.from(rec(T0, 0, 'x'));
+    }
+    const t = Date.now();
+    await assert.rejects(http.upload(`http://127.0.0.1:${port}/store/replicate`, one()), (err: unknown) => {
+      const e = err as { code: string; context: { phase: string; ms: number } };
+      assert.equal(e.code, 'OKLOG_ERR_TIMEOUT');
+      assert.deepEqual([e.context.phase, e.context.ms], ['answer after upload', 300]);
+      return true;
+    });
+    assert.ok(Date.now() - t < 5000);
+    http.close();
+  });
+
+  test('a control call reset on a reused connection is sent once more, and says so', async () => {
+    let commits = 0;
+    const server = createServer((req, res) => {
+      req.resume();
+      commits++;
+      if (commits === 2) {
+        // Acted on, then the connection dies before the answer (the peer restarted, say).
+        req.socket.destroy();
+        return;
+      }
+      res.writeHead(commits === 1 ? 200 : 404, { 'Content-Length': 2 });
+      res.end('ok');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(async () => {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
+    });
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ingest/commit?id=x`;
+    const http = new NodeConsumerHttp();
+    const first = await http.control('POST', url);
+    assert.equal(first.status, 200);
+    assert.equal(first.retried, undefined);
+    const second = await http.control('POST', url); // on the kept-alive connection
+    assert.equal(commits, 3, 'sent twice');
+    assert.equal(second.status, 404);
+    assert.equal(second.retried, true);
     http.close();
   });
 });
@@ -315,6 +428,24 @@ describe('SegmentConsumer', () => {
     assert.ok(lines.some((l) => String(l.msg).includes('enough live store nodes again')));
   });
 
+  test('store nodes are counted by address: a stale gossip entry does not make up the factor', async () => {
+    const [ing] = await ingests([rec(T0, 0, 'x')]);
+    const [s] = await stores(1);
+    // A node restarted under a new name, its old entry not yet gone: the same address twice.
+    const peers = new MutablePeers([ing.addr], [s.addr, s.addr]);
+    const { c, registry, lines } = consumer(peers, { replicationFactor: 2 });
+    c.start();
+    await waitFor(
+      async () => (await metric(registry, 'oklog_store_consumer_underreplicated_total')) >= 3,
+      'refusals',
+    );
+    await c.stop();
+    assert.equal(ing.nextCalls, 0, 'nothing was claimed');
+    assert.equal(s.requests, 0);
+    const warn = lines.find((l) => String(l.msg).includes('fewer live store nodes'));
+    assert.equal(warn?.stores, 1);
+  });
+
   test('a store node leaving mid-transaction fails the gathered claims back', async () => {
     const [ing] = await ingests([rec(T0, 0, 'x'), rec(T0 + 1, 0, 'y')]);
     const ss = await stores(2);
@@ -365,6 +496,90 @@ describe('SegmentConsumer', () => {
     const q = lines.filter((l) => String(l.msg).includes('quarantined after repeated'));
     assert.equal(q.length, 2);
     assert.ok(String(q[0].path).startsWith(qdir));
+  });
+
+  test('one failure memo per node: the second failure quarantines, whichever consumer sees it', async () => {
+    const poison = `${rec(T0, 0, 'fine')}short\n`;
+    const [ing] = await ingests([poison]);
+    const [s] = await stores(1);
+    const dir = await tempDir('oklog-quarantine-');
+    cleanups.push(dir.cleanup);
+    const memo = new FailureMemo(Date.now);
+    const shared = { quarantine: { fs: new RealFileSystem(), dir: join(dir.path, 'quarantine') }, memo };
+    const a = consumer(new MutablePeers([ing.addr], [s.addr]), shared);
+    a.c.start();
+    await waitFor(() => ing.failedCount === 1, 'the first consumer failed it back');
+    await a.c.stop();
+    const b = consumer(new MutablePeers([ing.addr], [s.addr]), shared);
+    b.c.start();
+    await waitFor(() => ing.committed.length === 1, 'quarantined by the second consumer');
+    await b.c.stop();
+    assert.equal(ing.failedCount, 1, 'failed back once in all');
+    assert.equal((await readdir(join(dir.path, 'quarantine'))).length, 1);
+  });
+
+  test('an unwritable quarantine folder: the backlog moves on, errors are rate-limited, no spinning', async () => {
+    const poison = `${rec(T0, 0, 'fine')}short\n`;
+    const goods = Array.from({ length: 5 }, (_, i) => rec(T0 + 10 + i, 0, `good ${i}`));
+    const [ing] = await ingests([poison, ...goods]);
+    const [s] = await stores(1);
+    const dir = await tempDir('oklog-quarantine-');
+    cleanups.push(dir.cleanup);
+    const qdir = join(dir.path, 'quarantine');
+    await writeFile(qdir, 'a plain file where the folder should be');
+    const { c, lines, registry } = consumer(new MutablePeers([ing.addr], [s.addr]), {
+      targetAge: 20,
+      quarantine: { fs: new RealFileSystem(), dir: qdir },
+      quarantineRetryMs: 200,
+      quarantineRetryMaxMs: 400,
+    });
+    c.start();
+    await waitFor(() => ing.committed.length === 5, 'every good segment consumed behind the poison one');
+    await sleep(1500);
+    const errors = lines.filter((l) => String(l.msg).includes('could not write poison segment'));
+    assert.ok(errors.length >= 1 && errors.length <= 2, `${errors.length} error lines in ~2 s`);
+    // Held, then failed back after 200, 400, 400… ms: a handful of attempts, not thousands.
+    assert.ok(ing.failedCount <= 12, `failed back ${ing.failedCount} times`);
+    assert.ok(ing.nextCalls < 200, `${ing.nextCalls} asks`);
+    assert.equal(await metric(registry, 'oklog_store_quarantined_segments_total'), 0);
+    // The folder becomes writable: the poison segment is quarantined and committed.
+    await rm(qdir);
+    await waitFor(() => ing.committed.length === 6, 'quarantined once the folder can be written');
+    await c.stop();
+    assert.equal(ing.pending + ing.flushed.length, 0);
+    assert.deepEqual(await readdir(qdir).then((f) => f.length), 1);
+    const got = s.received.flatMap((r) => linesOf(r.body)).map((l) => l.slice(35));
+    assert.deepEqual(got.sort(), goods.map((_, i) => `good ${i}`).sort());
+  });
+
+  test('an ingest segment larger than the consumer reads: failed back once, then streamed to quarantine', async () => {
+    const big = Array.from({ length: 20 }, (_, i) => rec(T0 + i, 0, `big ${i}`)).join('');
+    const good = rec(T0 + 100, 0, 'good');
+    const [ing] = await ingests([big, good]);
+    const [s] = await stores(1);
+    const dir = await tempDir('oklog-quarantine-');
+    cleanups.push(dir.cleanup);
+    const qdir = join(dir.path, 'quarantine');
+    const { c, registry, lines } = consumer(new MutablePeers([ing.addr], [s.addr]), {
+      targetAge: 20,
+      maxSegmentBytes: 200,
+      quarantine: { fs: new RealFileSystem(), dir: qdir },
+    });
+    c.start();
+    await waitFor(() => ing.committed.length === 2, 'the big segment quarantined, the good one stored');
+    await c.stop();
+    assert.equal(ing.failedCount, 1);
+    const files = await readdir(qdir);
+    assert.equal(files.length, 1);
+    assert.match(files[0], /^127\.0\.0\.1_\d+-\d{4}-\d{2}-\d{2}T\d{9}Z-[0-9a-f]{12}\.segment$/);
+    assert.equal(await readFile(join(qdir, files[0]), 'utf8'), big);
+    assert.equal(await metric(registry, 'oklog_store_quarantined_segments_total'), 1);
+    assert.deepEqual(
+      s.received.map((r) => r.body.toString()),
+      [good],
+    );
+    const warn = lines.find((l) => l.code === 'OKLOG_ERR_SEGMENT_TOO_LARGE');
+    assert.equal(warn?.bytes, big.length);
   });
 
   test('without a quarantine folder a poison segment keeps being failed back (never committed)', async () => {

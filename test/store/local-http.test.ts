@@ -11,7 +11,7 @@ import { createIngestMetrics } from '../../node/ingest/metrics.ts';
 import { IngestLog } from '../../node/ingest/segment-log.ts';
 import { Aggregate } from '../../node/store/aggregate.ts';
 import type { ConsumerHttp, HttpResponse } from '../../node/store/http-client.ts';
-import { LocalFirstHttp } from '../../node/store/local-http.ts';
+import { LocalFirstHttp, sizedIngester } from '../../node/store/local-http.ts';
 import { createStoreMetrics } from '../../node/store/metrics.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { TrustedRecords } from '../../node/store/replicate.ts';
@@ -240,4 +240,62 @@ test('TrustedRecords counts whole-line chunks and notes the first and last ULIDs
   assert.deepEqual([t.records, t.low, t.high], [3, ulidAt(T0, 1), ulidAt(T0, 3)]);
   assert.equal(t.bytes, (rec(T0, 1, 'a') + rec(T0, 2, 'b') + rec(T0, 3, 'c')).length);
   assert.throws(() => t.push(Buffer.from(rec(T0, 4, 'd').slice(0, 20))), { status: 400 });
+});
+
+test('a sized ingest log: a claim too large is found by its file size, never read whole, and can be spilled', async (t) => {
+  const { ingest, dir, store } = await setup(t);
+  const fs = new RealFileSystem();
+  const body = Array.from({ length: 50 }, (_, i) => rec(T0 + i, 0, `record ${i}`)).join('');
+  for (let k = 0; k < 2; k++) {
+    const seg = await ingest.create();
+    await seg.file.write(Buffer.from(body));
+    seg.firstWriteMs = seg.lastWriteMs = Date.now();
+    await ingest.flush(seg, 'close');
+  }
+  // Counts whole reads, so the test can tell the size came from the file, not from reading it.
+  const sized = sizedIngester(ingest, fs);
+  let readAlls = 0;
+  const counting = {
+    ...sized,
+    readAll: (id: string) => {
+      readAlls++;
+      return sized.readAll(id);
+    },
+  };
+  const remote = new RecordingRemote();
+  const http = new LocalFirstHttp(remote, {
+    self: () => SELF,
+    ingest: counting,
+    replicate: replicaReceiver({ log: store, metrics: createStoreMetrics(new Registry()) }),
+  });
+  const id = (await http.control('GET', `http://${SELF}/ingest/next`)).body.toString();
+  await assert.rejects(http.read(`http://${SELF}/ingest/read?id=${id}`, 100), (err: unknown) => {
+    const e = err as { code: string; context: { size: number } };
+    assert.deepEqual([e.code, e.context.size], ['OKLOG_ERR_SEGMENT_TOO_LARGE', body.length]);
+    return true;
+  });
+  assert.equal(readAlls, 0, 'not read into memory');
+  assert.equal((await http.control('POST', `http://${SELF}/ingest/failed?id=${id}`)).status, 200);
+  // Spilled: streamed into the sink, and the claim counts as read (it can be committed).
+  const id2 = (await http.control('GET', `http://${SELF}/ingest/next`)).body.toString();
+  const got: Buffer[] = [];
+  const r = await http.read(`http://${SELF}/ingest/read?id=${id2}`, 100, undefined, async (size) => {
+    assert.equal(size, body.length);
+    return {
+      write: async (c: Buffer) => {
+        got.push(Buffer.from(c));
+      },
+    };
+  });
+  assert.deepEqual([r.status, r.spilled, r.body.length], [200, body.length, 0]);
+  assert.equal(Buffer.concat(got).toString(), body);
+  assert.equal((await http.control('POST', `http://${SELF}/ingest/commit?id=${id2}`)).status, 200);
+  // Within the bound: read whole, as before.
+  const id3 = (await http.control('GET', `http://${SELF}/ingest/next`)).body.toString();
+  const whole = await http.read(`http://${SELF}/ingest/read?id=${id3}`, 1 << 20);
+  assert.equal(whole.body.toString(), body);
+  assert.equal(readAlls, 1);
+  assert.equal((await http.control('POST', `http://${SELF}/ingest/commit?id=${id3}`)).status, 200);
+  assert.deepEqual(await readdir(join(dir.path, 'ingest')), ['LOCK']);
+  assert.deepEqual(remote.calls, []);
 });
