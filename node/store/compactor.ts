@@ -4,14 +4,31 @@
 // its largest input and never touches a segment already ≥ target/2, so each byte is rewritten
 // O(log(target/segment)) times instead of once per tick; outputs are split by target size with
 // dedupe across the split; a failed compaction deletes its outputs and gives the inputs back.
+// Beyond that: an input holding lines that are not records (an OK Log-era file, §11.2 item 2) is
+// repaired once (StoreLog.repair) instead of failing the same compaction every 4 s forever; and
+// no compaction output spans more than `maxSpanMs` of record time, so merging cannot make a
+// record outlive the retention period by more than that (retention trashes by a segment's HIGH).
+import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { describeError } from '../../shared/errors.ts';
-import { MAX_ULID, minUlidAt, ULID_LENGTH, ZERO_ULID } from '../../shared/ulid.ts';
+import { NEWLINE, SPACE } from '../../shared/record.ts';
+import {
+  isCanonicalUlidAt,
+  MAX_ULID,
+  maxUlidAt,
+  minUlidAt,
+  ULID_LENGTH,
+  ulidTime,
+  ZERO_ULID,
+} from '../../shared/ulid.ts';
+import { MalformedRecordError } from './errors.ts';
 import { compileFilter } from './filter.ts';
 import { GcNudge } from './gc-nudge.ts';
-import { countLines, lastLineStart, ulidBytes } from './lines.ts';
+import { compareUlid, countLines, lastLineStart, ulidBytes } from './lines.ts';
 import { mergeSorted } from './merge.ts';
 import type { StoreMetrics } from './metrics.ts';
+import { QUARANTINE_DIR } from './quarantine.ts';
+import { BAD_EXT } from './segment-name.ts';
 import { openChunkReader, type ScanFilter, scanSegment } from './segment-reader.ts';
 import type { ActiveFile, SegmentEntry, StoreLog } from './store-log.ts';
 
@@ -54,23 +71,30 @@ export function pickOverlapping<T extends Ranged>(sorted: readonly T[], maxInput
 
 /**
  * The oldest run of consecutive small segments worth merging: every input < target/2, the total
- * ≤ target, at least two inputs, and the output at least twice as big as its largest input (so a
- * growing segment is not rewritten for every small neighbour). Null when there is none.
+ * ≤ target, at least two inputs, the output at least twice as big as its largest input (so a
+ * growing segment is not rewritten for every small neighbour), and from the run's LOW to its
+ * highest HIGH at most `maxSpanMs` of record time (so thirty small daily segments never become
+ * one that retention, going by HIGH, keeps until the last day expires). Null when there is none.
  */
 export function pickSequential<T extends Ranged>(
   sorted: readonly T[],
   targetSize: number,
   maxInputs: number,
+  maxSpanMs = Number.POSITIVE_INFINITY,
 ): T[] | null {
   const small = targetSize / 2;
   for (let i = 0; i < sorted.length; i++) {
     if (sorted[i].size >= small) continue;
+    const start = ulidTime(sorted[i].low);
     let total = 0;
     let max = 0;
     let end = -1;
+    let high = '';
     for (let j = i; j < sorted.length && j - i < maxInputs; j++) {
       const size = sorted[j].size;
       if (size >= small || total + size > targetSize) break;
+      if (sorted[j].high > high) high = sorted[j].high;
+      if (ulidTime(high) - start > maxSpanMs) break;
       total += size;
       if (size > max) max = size;
       if (j > i && 2 * max <= total) end = j;
@@ -80,13 +104,26 @@ export function pickSequential<T extends Ranged>(
   return null;
 }
 
-/** Writes a sorted record stream into `.active` files of about `targetSize` bytes each. */
+interface Output extends ActiveFile {
+  low: string;
+  high: string;
+  size: number;
+  records: number;
+  /** The last ULID this output may hold (its LOW's time + the span), as bytes. */
+  limit: Buffer;
+}
+
+/**
+ * Writes a sorted record stream into `.active` files of about `targetSize` bytes each, none
+ * spanning more than `maxSpanMs` of record time.
+ */
 class SplitWriter {
   readonly outputs: { path: string; low: string; high: string; size: number; records: number }[] = [];
-  private cur: (ActiveFile & { low: string; high: string; size: number; records: number }) | null = null;
+  private cur: Output | null = null;
   constructor(
     private readonly log: StoreLog,
     private readonly targetSize: number,
+    private readonly maxSpanMs: number,
   ) {}
 
   async write(chunk: Buffer): Promise<void> {
@@ -95,15 +132,25 @@ class SplitWriter {
       if (this.cur === null) {
         const a = await this.log.createActive();
         const low = chunk.toString('latin1', pos, pos + ULID_LENGTH);
-        this.cur = { ...a, low, high: low, size: 0, records: 0 };
+        const last = Math.min(ulidTime(low) + this.maxSpanMs, ulidTime(MAX_ULID));
+        this.cur = { ...a, low, high: low, size: 0, records: 0, limit: ulidBytes(maxUlidAt(last)) };
       }
       const cur = this.cur;
       const room = this.targetSize - cur.size;
       // Cut after the line that reaches the target, so every output holds whole records.
       let end = chunk.length;
       if (chunk.length - pos >= room) {
-        const nl = chunk.indexOf(0x0a, pos + Math.max(room, 1) - 1);
+        const nl = chunk.indexOf(NEWLINE, pos + Math.max(room, 1) - 1);
         end = nl < 0 ? chunk.length : nl + 1;
+      }
+      // Cut before the first record past the span. Records are sorted: only a piece whose last
+      // record is past the limit needs looking into, line by line.
+      const spanEnd = SplitWriter.withinLimit(chunk, pos, end, cur.limit);
+      const spanCut = spanEnd < end;
+      end = spanEnd;
+      if (end === pos) {
+        await this.closeCurrent(); // the very next record starts a new output
+        continue;
       }
       const piece = chunk.subarray(pos, end);
       await cur.file.write(piece);
@@ -112,8 +159,20 @@ class SplitWriter {
       const ls = lastLineStart(piece);
       cur.high = piece.toString('latin1', ls, ls + ULID_LENGTH);
       pos = end;
-      if (cur.size >= this.targetSize) await this.closeCurrent();
+      if (cur.size >= this.targetSize || spanCut) await this.closeCurrent();
     }
+  }
+
+  /** End of the lines of `buf[pos, end)` whose ULID is ≤ `limit` (the lines are sorted). */
+  private static withinLimit(buf: Buffer, pos: number, end: number, limit: Buffer): number {
+    if (compareUlid(buf, lastLineStart(buf, end), limit, 0) <= 0) return end;
+    let p = pos;
+    while (p < end && compareUlid(buf, p, limit, 0) <= 0) {
+      const nl = buf.indexOf(NEWLINE, p);
+      if (nl < 0 || nl >= end) return end;
+      p = nl + 1;
+    }
+    return p;
   }
 
   private async closeCurrent(): Promise<void> {
@@ -138,6 +197,45 @@ class SplitWriter {
       await this.log.discard(cur.path);
     }
     for (const o of this.outputs) await this.log.discard(o.path);
+  }
+}
+
+const MIN_LINE = ULID_LENGTH + 1;
+
+/**
+ * Passes one input's chunks (whole lines) through, checking that every line is a record
+ * (`<canonical ULID> <text>`), that ULIDs never decrease, and that they lie within the segment's
+ * name bounds (queries select files by name: a record outside would never be found). The merge
+ * itself only notices lines too short to compare; anything else would pass into the output
+ * unsorted or unfindable. The first offence throws MalformedRecordError naming the segment.
+ */
+async function* checked(src: AsyncIterable<Buffer>, e: SegmentEntry): AsyncGenerator<Buffer> {
+  const low = ulidBytes(e.low);
+  const high = ulidBytes(e.high);
+  const prev = Buffer.from(low); // the first record must be ≥ LOW
+  let line = 0;
+  const bad = (what: string) =>
+    new MalformedRecordError(`segment ${e.base}: line ${line} ${what}`, { segment: e.base, line });
+  for await (const chunk of src) {
+    let pos = 0;
+    let last = -1;
+    while (pos < chunk.length) {
+      line++;
+      const nl = chunk.indexOf(NEWLINE, pos);
+      if (nl < 0) throw bad('does not end with a newline');
+      if (nl - pos < MIN_LINE) throw bad('is shorter than a ULID and a space');
+      if (!isCanonicalUlidAt(chunk, pos) || chunk[pos + ULID_LENGTH] !== SPACE)
+        throw bad('does not start with a ULID and a space');
+      const d = last < 0 ? compareUlid(chunk, pos, prev, 0) : compareUlid(chunk, pos, chunk, last);
+      if (d < 0) throw bad(line === 1 ? 'is below the LOW of the file name' : 'is out of order');
+      last = pos;
+      pos = nl + 1;
+    }
+    if (last >= 0) {
+      if (compareUlid(chunk, last, high, 0) > 0) throw bad('is above the HIGH of the file name');
+      chunk.copy(prev, 0, last, last + ULID_LENGTH);
+    }
+    yield chunk;
   }
 }
 
@@ -167,6 +265,14 @@ export interface CompactorOptions {
   maxInputs?: number;
   /** Read chunk per input. */
   bufferSize?: number;
+  /**
+   * Most record time one compaction output may span (default retain / 8: with the default 7 days,
+   * 21 h). Retention trashes a segment by its HIGH, so a record is trashed at most this much
+   * later than `retain` after it was written.
+   */
+  maxSpanMs?: number;
+  /** How often `*.bad` and quarantined files are looked for by the purge step (default 10 min). */
+  sweepEveryMs?: number;
 }
 
 export interface CompactionResult {
@@ -181,6 +287,9 @@ export class Compactor {
   private readonly now: () => number;
   private readonly maxInputs: number;
   private readonly bufferSize: number;
+  readonly maxSpanMs: number;
+  private readonly sweepEveryMs: number;
+  private lastSweep = Number.NEGATIVE_INFINITY;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<unknown> | null = null;
   private step = 0;
@@ -191,6 +300,8 @@ export class Compactor {
     this.now = opts.now ?? opts.log.now;
     this.maxInputs = opts.maxInputs ?? 32;
     this.bufferSize = opts.bufferSize ?? 1 << 20;
+    this.maxSpanMs = Math.max(1, opts.maxSpanMs ?? Math.floor(opts.retainMs / 8));
+    this.sweepEveryMs = opts.sweepEveryMs ?? 600_000;
   }
 
   start(): void {
@@ -225,14 +336,19 @@ export class Compactor {
     await this.running;
   }
 
+  /** Segments compaction may take: a segment whose repair failed is left alone. */
+  private candidates(): SegmentEntry[] {
+    return this.log.list(['flushed']).filter((e) => !e.unrepairable);
+  }
+
   compactOverlapping(): Promise<CompactionResult> {
-    return this.compact('Overlapping', pickOverlapping(this.log.list(['flushed']), this.maxInputs));
+    return this.compact('Overlapping', pickOverlapping(this.candidates(), this.maxInputs));
   }
 
   compactSequential(): Promise<CompactionResult> {
     return this.compact(
       'Sequential',
-      pickSequential(this.log.list(['flushed']), this.opts.targetSize, this.maxInputs),
+      pickSequential(this.candidates(), this.opts.targetSize, this.maxInputs, this.maxSpanMs),
     );
   }
 
@@ -256,8 +372,12 @@ export class Compactor {
       return { kind, inputs: n, outputs: 0, result: 'Error' };
     }
     const refs = inputs.map((e) => this.log.ref(e));
-    const writer = new SplitWriter(this.log, this.opts.targetSize);
+    const releaseRefs = () => {
+      for (const r of refs) r.release();
+    };
+    const writer = new SplitWriter(this.log, this.opts.targetSize, this.maxSpanMs);
     const committed: SegmentEntry[] = [];
+    let malformed: SegmentEntry | null = null;
     try {
       await this.log.write(async () => {
         const signal = this.abort.signal;
@@ -266,9 +386,15 @@ export class Compactor {
         const scans = refs.map((r) =>
           (async function* (log: StoreLog, size: number) {
             const reader = await openChunkReader(log.fs, r.path, size);
-            yield* scanSegment(reader, MATCH_ALL, ulidBytes(r.entry.low), ulidBytes(r.entry.high), {
+            const records = scanSegment(reader, MATCH_ALL, ulidBytes(r.entry.low), ulidBytes(r.entry.high), {
               signal,
             });
+            try {
+              yield* checked(records, r.entry);
+            } catch (err) {
+              if (err instanceof MalformedRecordError) malformed ??= r.entry;
+              throw err;
+            }
           })(this.log, chunk),
         );
         for await (const chunk of mergeSorted(scans, { outputChunkBytes: this.bufferSize })) {
@@ -278,9 +404,14 @@ export class Compactor {
         }
         if (signal.aborted) throw new Error('compacter stopped');
         await writer.finish();
+        // The inputs are being replaced: an output with an input's bounds takes its very name.
         for (const o of writer.outputs)
-          committed.push(await this.log.commit(o.path, o.low, o.high, o.size, o.records));
+          committed.push(
+            await this.log.commit(o.path, o.low, o.high, o.size, o.records, { replacing: inputs }),
+          );
       });
+      // Released first: an input no query reads is then deleted at once.
+      releaseRefs();
       await this.log.remove(inputs).catch((err) => {
         // The outputs hold every record: a leftover input is only a duplicate, merged again later.
         this.opts.logger.warn({ err: describeError(err) }, 'store: deleting compacted segments failed');
@@ -292,17 +423,24 @@ export class Compactor {
       );
       return { kind, inputs: n, outputs: committed.length, result: 'OK' };
     } catch (err) {
+      const bad = malformed as SegmentEntry | null;
       this.opts.logger.warn(
-        { err: describeError(err), kind, inputs: n },
-        'store: compaction failed, rolling back',
+        { err: describeError(err), kind, inputs: n, malformed: bad?.base },
+        bad === null
+          ? 'store: compaction failed, rolling back'
+          : 'store: compaction input holds lines that are not records, rolling back to repair it',
       );
       await writer.abort();
+      releaseRefs();
       await this.log.remove(committed).catch(() => {});
       await this.log.reset(inputs);
+      // Retrying as it is would fail the same way every 4 s and block every other group: the
+      // input is repaired once (bad lines set aside in a .bad file), and compaction then goes on.
+      if (bad !== null) await this.log.repair(bad, describeError(err));
       observe('Error', n);
       return { kind, inputs: n, outputs: 0, result: 'Error' };
     } finally {
-      for (const r of refs) r.release();
+      releaseRefs();
     }
   }
 
@@ -341,6 +479,47 @@ export class Compactor {
       }
     }
     if (n > 0) this.opts.logger.info({ count: n }, 'store: purged trashed segments');
+    if (this.now() - this.lastSweep >= this.sweepEveryMs) await this.sweepSetAside();
+    return n;
+  }
+
+  /**
+   * Deletes files set aside for a human once they are older than retain + purge, the longest the
+   * records they hold would have been kept as segments: `*.bad` files (lines recovery or repair
+   * could not read as records) and quarantined ingest segments (`quarantine/*.segment`). Runs at
+   * most every `sweepEveryMs` (it lists the directory). Returns how many files it deleted.
+   */
+  async sweepSetAside(): Promise<number> {
+    this.lastSweep = this.now();
+    const cutoff = this.now() - this.opts.retainMs - this.opts.purgeMs;
+    const root = this.log.root;
+    const quarantine = join(root, QUARANTINE_DIR);
+    let n = 0;
+    let files: Awaited<ReturnType<StoreLog['fs']['list']>>;
+    try {
+      files = await this.log.fs.list(root);
+    } catch (err) {
+      this.opts.logger.warn({ err: describeError(err) }, 'store: listing set-aside files failed');
+      return 0;
+    }
+    for (const f of files) {
+      const dir = dirname(f.path);
+      const kind =
+        dir === root && f.name.endsWith(BAD_EXT) ? 'bad' : dir === quarantine ? 'quarantine' : null;
+      if (kind === null || f.mtimeMs >= cutoff) continue;
+      try {
+        await this.log.fs.remove(f.path);
+        this.opts.metrics.sweptFiles.inc({ kind });
+        n++;
+      } catch (err) {
+        this.opts.logger.warn(
+          { err: describeError(err), file: f.path },
+          'store: deleting set-aside file failed',
+        );
+      }
+    }
+    if (n > 0)
+      this.opts.logger.info({ count: n }, 'store: deleted set-aside files older than retain + purge');
     return n;
   }
 }

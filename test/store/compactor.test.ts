@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
@@ -9,8 +9,9 @@ import { createStoreMetrics } from '../../node/store/metrics.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { receiveSegment } from '../../node/store/replicate.ts';
 import type { StoreLog } from '../../node/store/store-log.ts';
+import { ulidTime } from '../../shared/ulid.ts';
 import { tempDir } from '../helpers/index.ts';
-import { line, silent, T0, ulidAt } from './helpers.ts';
+import { line, query, records, silent, startTestNode, T0, ulidAt } from './helpers.ts';
 
 const seg = (lo: number, hi: number, size = 10) => ({ low: ulidAt(lo), high: ulidAt(hi), size });
 
@@ -213,5 +214,248 @@ test('retention trashes by HIGH ULID and purge deletes after the purge period (i
     now.t += 10 * hour;
     for (let i = 0; i < 4; i++) await c.tick();
     assert.equal(log.stats().trashed.count, 1);
+  });
+});
+
+test('a compaction input with lines that are not records is repaired once; compaction then goes on', async () => {
+  const dir = await tempDir();
+  try {
+    const d = dir.path;
+    // An OK Log-era segment: a line shorter than a ULID, garbage, an out-of-order record.
+    const good = [line(T0, 0, 'old-1'), line(T0 + 4, 0, 'old-2'), line(T0 + 8, 0, 'old-3')];
+    const bad = [
+      'oops\n',
+      `${'not a ulid at all, but long enough'.padEnd(40, '.')}\n`,
+      line(T0 + 1, 0, 'late'),
+    ];
+    const oldName = `${ulidAt(T0)}-${ulidAt(T0 + 8)}.flushed`;
+    await writeFile(join(d, oldName), good[0] + bad[0] + good[1] + bad[1] + bad[2] + good[2]);
+    // Overlapping good segments, and a separate pair that must not be blocked by the broken one.
+    await writeFile(
+      join(d, `${ulidAt(T0 + 2)}-${ulidAt(T0 + 6)}.flushed`),
+      records(T0 + 2, 5).replace(/rec/g, 'new'),
+    );
+    const registry = new Registry();
+    const metrics = createStoreMetrics(registry);
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent, metrics });
+    try {
+      const c = new Compactor({
+        log,
+        logger: silent,
+        metrics,
+        targetSize: 1 << 20,
+        retainMs: 1e12,
+        purgeMs: 0,
+      });
+      const first = await c.compactOverlapping();
+      assert.equal(first.result, 'Error');
+      // Repaired at once: the good records in a segment of the same name, the rest in .bad.
+      assert.equal(await readFile(join(d, `${oldName}.bad`), 'utf8'), bad.join(''));
+      assert.equal(await readFile(join(d, oldName), 'utf8'), good.join(''));
+      assert.match(
+        await registry.getSingleMetricAsString('oklog_store_repaired_segments_total'),
+        /result="OK"} 1/,
+      );
+      // The next round compacts: no failure every 4 s.
+      const second = await c.compactOverlapping();
+      assert.equal(second.result, 'OK');
+      assert.equal(second.inputs, 2);
+      const recs = await allRecords(d);
+      assert.deepEqual(
+        recs.map((l) => l.slice(27)),
+        [
+          'default old-1',
+          'default new 0',
+          'default new 1',
+          'default old-2',
+          'default new 3',
+          'default new 4',
+          'default old-3',
+        ],
+      );
+      assert.equal((await c.compactOverlapping()).result, 'NoSegmentsAvailable');
+    } finally {
+      await log.close();
+    }
+    // Queries see the good records of both files.
+    const node = await startTestNode({ root: d, workers: false });
+    try {
+      const r = await query(node.url, {
+        from: new Date(T0).toISOString(),
+        to: new Date(T0 + 10).toISOString(),
+      });
+      assert.equal(r.status, 200);
+      assert.equal(r.lines.length, 7);
+    } finally {
+      await node.close();
+    }
+  } finally {
+    await dir.cleanup();
+  }
+});
+
+test('records outside the name bounds or unsorted across chunks are found by the compaction check', async () => {
+  await withLog(async (log, dir) => {
+    const metrics = createStoreMetrics(new Registry());
+    // Named as if it ended at T0 + 5, but holding a record of T0 + 50: queries would miss it.
+    const lying = `${ulidAt(T0)}-${ulidAt(T0 + 5)}.flushed`;
+    await writeFile(join(dir, lying), line(T0, 0, 'a') + line(T0 + 50, 0, 'beyond'));
+    await log.close();
+    const reopened = await openStoreLog({ fs: new RealFileSystem(), root: dir, logger: silent });
+    try {
+      await receiveSegment(reopened, body(line(T0 + 3, 0, 'b')));
+      const c = new Compactor({
+        log: reopened,
+        logger: silent,
+        metrics,
+        targetSize: 1 << 20,
+        retainMs: 1e12,
+        purgeMs: 0,
+      });
+      assert.equal((await c.compactOverlapping()).result, 'Error');
+      // Renamed from its records: now it overlaps nothing, and every record is findable.
+      const files = (await readdir(dir)).filter((n) => n.endsWith('.flushed')).sort();
+      assert.deepEqual(files, [
+        `${ulidAt(T0)}-${ulidAt(T0 + 50)}.flushed`,
+        `${ulidAt(T0 + 3)}-${ulidAt(T0 + 3)}.flushed`,
+      ]);
+      assert.equal((await c.compactOverlapping()).result, 'OK');
+      assert.equal((await allRecords(dir)).length, 3);
+    } finally {
+      await reopened.close();
+    }
+  });
+});
+
+test('sequential selection does not merge beyond the time span', () => {
+  const day = 86_400_000;
+  const daily = Array.from({ length: 6 }, (_, k) => seg(T0 + k * day, T0 + k * day + 1000, 10));
+  assert.equal(pickSequential(daily, 1000, 32, day - 1), null);
+  assert.deepEqual(pickSequential(daily, 1000, 32, 2 * day + 1000), daily.slice(0, 3));
+  assert.deepEqual(pickSequential(daily, 1000, 32), daily);
+});
+
+test('retention: thirty daily segments are not merged into one that outlives retain by weeks', async () => {
+  await withLog(async (log, dir, now) => {
+    const registry = new Registry();
+    const metrics = createStoreMetrics(registry);
+    const day = 86_400_000;
+    const retainMs = 8 * day; // span: retain / 8 = one day
+    for (let k = 0; k < 30; k++)
+      await receiveSegment(
+        log,
+        body(line(T0 + k * day, 0, `day ${k} a`) + line(T0 + k * day + 3_600_000, 0, `day ${k} b`)),
+      );
+    const c = new Compactor({ log, logger: silent, metrics, targetSize: 1 << 20, retainMs, purgeMs: day });
+    assert.equal(c.maxSpanMs, day);
+    for (let i = 0; i < 40 && (await c.compactSequential()).result === 'OK'; i++);
+    const segs = log.list(['flushed']);
+    assert.ok(segs.length >= 15, `merged into ${segs.length} segments`);
+    for (const e of segs)
+      assert.ok(ulidTime(e.high) - ulidTime(e.low) <= day, `${e.base} spans more than a day`);
+    // Day 0's records are trashed by retain + span, although 29 later days are still kept.
+    now.t = T0 + retainMs + day + 3_600_001;
+    assert.ok((await c.trashExpired()) >= 1);
+    const kept = await allRecords(dir);
+    assert.ok(!kept.some((l) => l.includes('day 0 ')), 'day 0 is in the trash');
+    assert.ok(
+      kept.some((l) => l.includes('day 29 ')),
+      'later days are kept',
+    );
+  });
+});
+
+test('compaction outputs are cut at the time span, and are then left alone', async () => {
+  await withLog(async (log, dir) => {
+    const metrics = createStoreMetrics(new Registry());
+    const hour = 3_600_000;
+    let a = '';
+    let b = '';
+    for (let h = 0; h < 10; h++) {
+      a += line(T0 + h * hour, 0, `a${h}`);
+      b += line(T0 + h * hour + 1, 0, `b${h}`);
+    }
+    await receiveSegment(log, body(a));
+    await receiveSegment(log, body(b));
+    const c = new Compactor({
+      log,
+      logger: silent,
+      metrics,
+      targetSize: 1 << 20,
+      retainMs: 1e12,
+      purgeMs: 0,
+      maxSpanMs: 3 * hour,
+    });
+    const r = await c.compactOverlapping();
+    assert.equal(r.result, 'OK');
+    // Each output ends at its first record's time + 3 h: a0..a3, then b3 (3 h + 1 ms)..b6, a7..b9.
+    assert.equal(r.outputs, 3);
+    for (const e of log.list(['flushed'])) assert.ok(ulidTime(e.high) - ulidTime(e.low) <= 3 * hour, e.base);
+    assert.equal((await allRecords(dir)).length, 20);
+    assert.equal((await c.compactOverlapping()).result, 'NoSegmentsAvailable');
+    assert.equal((await c.compactSequential()).result, 'NoSegmentsAvailable');
+  });
+});
+
+test('a compaction output with an input’s bounds takes that very name', async () => {
+  await withLog(async (log, dir) => {
+    const metrics = createStoreMetrics(new Registry());
+    await receiveSegment(log, body(line(T0, 0, 'a') + line(T0 + 10, 0, 'a')));
+    await receiveSegment(log, body(line(T0 + 5, 0, 'b')));
+    // A query reads the wider input throughout the compaction.
+    const [held] = log.select(ulidAt(T0), ulidAt(T0));
+    const c = new Compactor({
+      log,
+      logger: silent,
+      metrics,
+      targetSize: 1 << 20,
+      retainMs: 1e12,
+      purgeMs: 0,
+    });
+    assert.equal((await c.compactOverlapping()).result, 'OK');
+    const flushed = (await readdir(dir)).filter((n) => n.endsWith('.flushed'));
+    assert.deepEqual(flushed, [`${ulidAt(T0)}-${ulidAt(T0 + 10)}.flushed`]);
+    assert.equal((await allRecords(dir)).length, 3);
+    assert.equal(await readFile(held.path(), 'utf8'), line(T0, 0, 'a') + line(T0 + 10, 0, 'a'));
+    held.release();
+    await new Promise((res) => setTimeout(res, 20));
+    assert.deepEqual((await readdir(dir)).sort(), [`${ulidAt(T0)}-${ulidAt(T0 + 10)}.flushed`, 'LOCK']);
+    // The output is an ordinary segment: it can be compacted and trashed.
+    await receiveSegment(log, body(line(T0 + 7, 0, 'c')));
+    assert.equal((await c.compactOverlapping()).result, 'OK');
+    assert.equal((await allRecords(dir)).length, 4);
+  });
+});
+
+test('set-aside files (*.bad, quarantine/) are deleted once older than retain + purge', async () => {
+  await withLog(async (log, dir, now) => {
+    const registry = new Registry();
+    const metrics = createStoreMetrics(registry);
+    const hour = 3_600_000;
+    await mkdir(join(dir, 'quarantine'));
+    const old = new Date(Date.now() - 4 * hour);
+    const files = {
+      oldBad: join(dir, 'x.flushed.bad'),
+      newBad: join(dir, 'y.active.bad'),
+      oldQ: join(dir, 'quarantine', '127.0.0.1_7650-2026-12-01T055639114Z-e9bc0a156436.segment'),
+      notes: join(dir, 'notes.txt'),
+    };
+    for (const f of Object.values(files)) await writeFile(f, 'x\n');
+    for (const f of [files.oldBad, files.oldQ, files.notes]) await utimes(f, old, old);
+    now.t = Date.now();
+    const c = new Compactor({
+      log,
+      logger: silent,
+      metrics,
+      targetSize: 1 << 20,
+      retainMs: 2 * hour,
+      purgeMs: hour,
+    });
+    await c.purgeTrash();
+    const left = [...(await readdir(dir)), ...(await readdir(join(dir, 'quarantine')))].sort();
+    assert.deepEqual(left, ['LOCK', 'notes.txt', 'quarantine', 'y.active.bad']);
+    const m = await registry.getSingleMetricAsString('oklog_store_swept_files_total');
+    assert.match(m, /kind="bad"} 1/);
+    assert.match(m, /kind="quarantine"} 1/);
   });
 });
