@@ -82,6 +82,10 @@ export class StreamConnection implements Connection {
       ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records),
     );
     set.add(this, modality);
+    // On the client's EOF, close our side only in close(), after what was read is written (and,
+    // durable, fsynced): `oklog forward` takes that FIN as the confirmation that it may exit 0.
+    // (Node would otherwise send the FIN as soon as the EOF is read.)
+    socket.allowHalfOpen = true;
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => {
       if (this.closing) return;

@@ -79,6 +79,20 @@ test('fast and durable: a line cut by a reset is dropped, the complete ones befo
   assert.ok(metricValue(m, 'oklog_ingest_records_dropped_total{reason="truncated"}') >= 2);
 });
 
+test('fast and durable: after a client EOF the node closes its side only once it wrote the records', async () => {
+  // `oklog forward` exits 0 on this FIN: it must mean "read and written", not just "EOF seen".
+  for (const port of [node.ports.fast, node.ports.durable]) {
+    const before = (await stats(api)).written.records;
+    const lines = Array.from({ length: 40_000 }, (_, i) => `eof-${i} ${'p'.repeat(40)}\n`).join('');
+    await sendLines(port, lines); // resolves when the node has closed its side
+    const s = await stats(api);
+    assert.equal(s.written.records - before, 40_000, 'every record written before the node closed');
+    written += 40_000;
+  }
+  await waitFlushed(api, written);
+  assert.equal((await drain(api)).length, 80_000);
+});
+
 test('oversized lines are dropped and counted; the connection carries on at the next newline', async () => {
   const big = 'x'.repeat(5000);
   const got = await roundTrip(
