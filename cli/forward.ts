@@ -22,6 +22,8 @@ import { Backoff } from './forward/backoff.ts';
 import { type OnFull, RecordBuffer } from './forward/buffer.ts';
 import { LineSplitter } from './forward/line-splitter.ts';
 import { ForwardMetrics, startApiServer } from './forward/metrics.ts';
+import { autoWindowBytes, kernelBufferBytes } from './forward/resend-window.ts';
+import { GaveUpError } from './forward/retrying.ts';
 import { parseTarget, TargetRing } from './forward/targets.ts';
 import { TcpSender } from './forward/tcp-sender.ts';
 
@@ -65,23 +67,45 @@ export const forwardFlagSpecs: FlagSpec[] = [
     default: 'block',
     help: 'when the buffer is full: block or drop-oldest',
   },
-  { name: 'max-record-size', kind: 'string', default: '1MiB', help: 'longer lines are dropped and counted' },
+  {
+    name: 'max-record-size',
+    kind: 'string',
+    default: '1MiB',
+    help: 'longer records (prefix + line) are dropped and counted',
+  },
   {
     name: 'resend-window',
     kind: 'string',
-    default: '4MiB',
-    help: 'TCP mode: recently written bytes sent again after a reconnect (0: none)',
+    default: 'auto',
+    help: 'TCP mode: written bytes kept to re-send after a reconnect (auto: socket buffer sizes, >= 16MiB; 0: none)',
   },
   {
     name: 'resend-window-age',
     kind: 'string',
-    default: '2s',
-    help: 'TCP mode: only bytes written this recently are sent again',
+    default: '10s',
+    help: 'TCP mode: older bytes count as read, unless the ingester was not keeping up (0: no age limit)',
+  },
+  {
+    name: 'close-timeout',
+    kind: 'string',
+    default: '30s',
+    help: 'TCP mode: at end of input, wait this long for the ingester to confirm it read everything',
+  },
+  {
+    name: 'give-up',
+    kind: 'string',
+    default: '0',
+    help: 'exit 1 once no ingester was reachable (-ack: no batch acknowledged) for this long (0: never)',
   },
   { name: 'ack-batch-size', kind: 'string', default: '1MiB', help: '-ack: maximum bytes per batch' },
   { name: 'ack-batch-records', kind: 'int', default: 10000, help: '-ack: maximum records per batch' },
   { name: 'ack-batch-wait', kind: 'string', default: '100ms', help: '-ack: how long a batch waits to fill' },
-  { name: 'ack-timeout', kind: 'string', default: '30s', help: '-ack: give up on an answer after this long' },
+  {
+    name: 'ack-timeout',
+    kind: 'string',
+    default: '30s',
+    help: '-ack: wait this long for an answer, then send the batch again',
+  },
   { name: 'connect-timeout', kind: 'string', default: '5s', help: 'TCP connect timeout' },
 ];
 
@@ -99,6 +123,8 @@ interface Options {
   maxRecordSize: number;
   resendWindow: number;
   resendWindowMs: number;
+  closeTimeoutMs: number;
+  giveUpMs: number;
   ackBatchBytes: number;
   ackBatchRecords: number;
   ackBatchWaitMs: number;
@@ -119,26 +145,36 @@ function readOptions(v: Record<string, unknown>): Options {
   if (size < 1) throw new Error('-buffer-size must be at least 1');
   const byBytes = hasByteUnit(sizeArg);
   const words = [...(!ack && topic ? [topic] : []), ...(v.prefix as string[])];
+  // A newline would end every record early and make the rest of the line a record of its own.
+  if (words.some((w) => w.includes('\n'))) throw new Error('-prefix must not contain a newline');
   const positive = (name: string, ms: number) => {
     if (!(ms > 0)) throw new Error(`-${name} must be positive`);
     return ms;
   };
   const maxRecordSize = parseBytes(String(v['max-record-size']), '-max-record-size');
   if (maxRecordSize < 1) throw new Error('-max-record-size must be at least 1');
+  const prefix = Buffer.from(words.length > 0 ? `${words.join(' ')} ` : '');
+  if (prefix.length >= maxRecordSize)
+    throw new Error(`the prefix (${prefix.length} bytes) leaves no room under -max-record-size`);
+  const windowArg = String(v['resend-window']).trim();
+  const duration = (name: string) => Math.max(0, parseDuration(String(v[name])));
   const ackBatchRecords = v['ack-batch-records'] as number;
   if (ackBatchRecords < 1) throw new Error('-ack-batch-records must be at least 1');
   return {
     debug: v.debug as boolean,
     api: String(v.api),
-    prefix: Buffer.from(words.length > 0 ? `${words.join(' ')} ` : ''),
+    prefix,
     topic,
     ack,
     maxRecords: byBytes ? Number.POSITIVE_INFINITY : size,
     maxBytes: byBytes ? size : RECORDS_MODE_BYTE_CAP,
     onFull,
     maxRecordSize,
-    resendWindow: parseBytes(String(v['resend-window']), '-resend-window'),
-    resendWindowMs: Math.max(0, parseDuration(String(v['resend-window-age']))),
+    resendWindow:
+      windowArg.toLowerCase() === 'auto' ? autoWindowBytes() : parseBytes(windowArg, '-resend-window'),
+    resendWindowMs: duration('resend-window-age'),
+    closeTimeoutMs: positive('close-timeout', parseDuration(String(v['close-timeout']))),
+    giveUpMs: duration('give-up'),
     ackBatchBytes: Math.max(1, parseBytes(String(v['ack-batch-size']), '-ack-batch-size')),
     ackBatchRecords,
     ackBatchWaitMs: Math.max(0, parseDuration(String(v['ack-batch-wait']))),
@@ -232,6 +268,7 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
         batchWaitMs: o.ackBatchWaitMs,
         timeoutMs: o.ackTimeoutMs,
         topic: o.topic,
+        giveUpMs: o.giveUpMs,
       })
     : new TcpSender({
         targets,
@@ -242,7 +279,14 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
         resendWindowBytes: o.resendWindow,
         resendWindowMs: o.resendWindowMs,
         connectTimeoutMs: o.connectTimeoutMs,
+        closeTimeoutMs: o.closeTimeoutMs,
+        giveUpMs: o.giveUpMs,
       });
+  if (!o.ack && o.resendWindow > 0 && o.resendWindow < kernelBufferBytes())
+    log.info('-resend-window is smaller than what socket buffers can hold; records may be lost', {
+      resend_window: o.resendWindow,
+      socket_buffers: kernelBufferBytes(),
+    });
   const drops = new DropReporter(log, metrics, () => ({
     full: buffer.dropped,
     long: splitter.droppedTooLong + (sender instanceof AckSender ? sender.droppedTooLarge : 0),
@@ -254,12 +298,19 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
   // producer blocks, which is the backpressure OK Log always applied.
   const stdin = process.stdin;
   let inputDone = false;
-  const finishInput = () => {
+  /** `bySignal`: input was cut off, not ended (see LineSplitter.abandon). */
+  const finishInput = (bySignal = false) => {
     if (inputDone) return;
     inputDone = true;
     stdin.pause();
-    const tail = splitter.end();
-    if (tail) buffer.push(tail);
+    if (bySignal) {
+      const torn = splitter.abandon();
+      if (torn > 0)
+        log.warn('input stopped by a signal mid-line; that partial line is not sent', { bytes: torn });
+    } else {
+      const tail = splitter.end();
+      if (tail) buffer.push(tail);
+    }
     drops.update();
     buffer.end();
   };
@@ -294,7 +345,7 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
     }
     signalled = true;
     log.info('received signal; flushing', { signal: sig, pending_records: sender.pendingRecords });
-    finishInput();
+    finishInput(true);
     grace = setTimeout(() => sender.stop(), SHUTDOWN_GRACE_MS);
   };
   process.on('SIGINT', onSignal);
@@ -303,12 +354,21 @@ export async function main(argv: string[], name = 'oklog forward'): Promise<numb
   let code = EXIT_OK;
   try {
     const outcome = await sender.run();
-    if (outcome === 'stopped' && sender.pendingRecords > 0) {
-      log.error('records not forwarded', { records: sender.pendingRecords });
+    const pending = sender.pendingRecords;
+    const unconfirmed = sender.unconfirmedRecords;
+    if (outcome !== 'done' && pending > 0) {
+      log.error('records not forwarded', { records: pending });
+      code = EXIT_FAILURE;
+    }
+    if (outcome !== 'done' && (unconfirmed > 0 || outcome === 'unconfirmed')) {
+      log.error('records written but not confirmed by the ingester', { records: unconfirmed });
       code = EXIT_FAILURE;
     }
   } catch (err) {
-    if (err instanceof AckRejectedError) {
+    if (err instanceof GaveUpError) {
+      log.error('gave up', { undelivered: err.undelivered });
+      process.stderr.write(`${name}: ${err.message}\n`);
+    } else if (err instanceof AckRejectedError) {
       log.error('ingester rejected a batch', { err: err.message, unacknowledged: sender.pendingRecords });
       process.stderr.write(`${name}: ${err.message}\n`);
     } else {

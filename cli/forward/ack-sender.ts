@@ -4,16 +4,24 @@
 // 5xx) sends the same batch again, to the next target after a backoff. So delivery is
 // at-least-once: nothing acknowledged is lost, and a batch whose answer was lost appears twice.
 // Batches go one at a time, which keeps records in order.
-import http, { type Agent } from 'node:http';
+//
+// Names are resolved for every new connection, not once: each target has its own keep-alive agent
+// whose sockets are created by resolving the target afresh (`+dns`, `+dnssrv`, …), so a reconnect
+// (after a failure, or when the ingester closed an idle keep-alive socket) follows DNS.
+import http from 'node:http';
 import https from 'node:https';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
 import { joinHostPort } from '../../shared/addr.ts';
-import { describeError, OklogError } from '../../shared/errors.ts';
+import { OklogError } from '../../shared/errors.ts';
 import type { Logger } from '../common.ts';
 import { type Backoff, sleep } from './backoff.ts';
 import { type RecordBuffer, splitBlock } from './buffer.ts';
 import type { Block } from './line-splitter.ts';
 import type { ForwardMetrics } from './metrics.ts';
-import type { Endpoint, TargetRing } from './targets.ts';
+import { Retrying } from './retrying.ts';
+import type { Endpoint, Target, TargetRing } from './targets.ts';
 import { onAbort, onTimeout, waitAny } from './wait.ts';
 
 /** The ingester refused a batch in a way a retry cannot fix (bad topic, no such endpoint). */
@@ -36,6 +44,45 @@ class RetryableError extends Error {
   }
 }
 
+type CreateConnection = (
+  options: Record<string, unknown>,
+  cb: (err: Error | null, socket?: Duplex) => void,
+) => void;
+
+/**
+ * A keep-alive agent for one target whose every new socket resolves the target first. Node's
+ * Agent accepts a `createConnection` that answers through its callback, so the lookup can be
+ * asynchronous; a reused keep-alive socket does not resolve (it is already connected).
+ */
+function targetAgent(
+  target: Target,
+  resolve: (t: Target) => Promise<Endpoint>,
+  onResolved: (ep: Endpoint) => void,
+): http.Agent {
+  const secure = target.proto === 'https';
+  const agent = secure ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+  const create: CreateConnection = (options, cb) => {
+    resolve(target).then(
+      (ep) => {
+        onResolved(ep);
+        const where = { host: ep.host, port: ep.port, family: ep.family || undefined };
+        const socket = secure
+          ? tls.connect({
+              ...options,
+              ...where,
+              // The certificate names the host we were given, or the SRV/PTR name we found.
+              servername: net.isIP(ep.host) ? (options.servername as string | undefined) : ep.host,
+            })
+          : net.connect({ ...options, ...where });
+        cb(null, socket);
+      },
+      (err: Error) => cb(err),
+    );
+  };
+  (agent as unknown as { createConnection: CreateConnection }).createConnection = create;
+  return agent;
+}
+
 export interface AckSenderOptions {
   targets: TargetRing;
   buffer: RecordBuffer;
@@ -49,6 +96,8 @@ export interface AckSenderOptions {
   timeoutMs: number;
   /** `?topic=` for every batch ('' leaves it to the ingester's default). */
   topic: string;
+  /** Stop with GaveUpError once no batch was acknowledged for this long (ms; 0: never). */
+  giveUpMs?: number;
 }
 
 interface AckReply {
@@ -60,20 +109,41 @@ export class AckSender {
   private queue: Block[] = [];
   private readonly abort = new AbortController();
   private readonly aborted = onAbort(this.abort.signal);
-  private readonly agents = {
-    http: new http.Agent({ keepAlive: true }),
-    https: new https.Agent({ keepAlive: true }),
-  };
-  private endpoint: Endpoint | null = null;
+  private readonly agents = new Map<Target, http.Agent>();
+  /** Where each target's latest connection went, for log and error lines. */
+  private readonly resolved = new Map<Target, Endpoint>();
+  private readonly retrying: Retrying;
   private warnedCount = false;
   /** Records that could not be sent because a single record was too large for the ingester. */
   droppedTooLarge = 0;
+  /** Acked writes are confirmed one by one: nothing is ever written but unconfirmed. */
+  readonly unconfirmedRecords = 0;
 
-  constructor(private readonly o: AckSenderOptions) {}
+  constructor(private readonly o: AckSenderOptions) {
+    this.retrying = new Retrying({
+      log: o.log,
+      targets: o.targets.size,
+      giveUpMs: o.giveUpMs ?? 0,
+      message: 'batch not acknowledged; will resend',
+    });
+  }
 
   /** Records not yet acknowledged (buffered or in the batch being sent). */
   get pendingRecords(): number {
     return this.o.buffer.records + this.queue.reduce((n, b) => n + b.records, 0);
+  }
+
+  private agentFor(t: Target): http.Agent {
+    let a = this.agents.get(t);
+    if (!a) {
+      a = targetAgent(
+        t,
+        (x) => this.o.targets.resolveTarget(x),
+        (ep) => this.resolved.set(t, ep),
+      );
+      this.agents.set(t, a);
+    }
+    return a;
   }
 
   stop(): void {
@@ -91,8 +161,7 @@ export class AckSender {
       }
       return 'stopped';
     } finally {
-      this.agents.http.destroy();
-      this.agents.https.destroy();
+      for (const a of this.agents.values()) a.destroy();
     }
   }
 
@@ -125,8 +194,7 @@ export class AckSender {
       const batch = this.queue[0];
       const target = targets.current;
       try {
-        this.endpoint ??= await targets.resolve();
-        await this.post(this.endpoint, target.proto, batch);
+        await this.post(target, batch);
         this.queue.shift();
         if (attempts === 0) {
           metrics.records.inc(batch.records);
@@ -134,6 +202,7 @@ export class AckSender {
         }
         metrics.ackedBatches.inc();
         backoff.reset();
+        this.retrying.success(target.raw);
         attempts = 0;
       } catch (err) {
         if (this.abort.signal.aborted) return;
@@ -147,16 +216,15 @@ export class AckSender {
         attempts++;
         metrics.disconnects.inc();
         if (attempts === 1) metrics.resent.inc(batch.records);
-        log.warn('batch not acknowledged; will resend', {
-          target: target.raw,
-          records: batch.records,
-          attempt: attempts,
-          err: describeError(err),
-        });
-        // Re-resolve, and try the next ingester, after a pause.
-        this.endpoint = null;
+        // Logged at most every 10 s: a down ingester fails every second.
+        this.retrying.failure(target.raw, err, { records: batch.records, attempt: attempts });
+        if (this.retrying.expired) throw this.retrying.gaveUp('no batch acknowledged', this.pendingRecords);
+        // Drop this target's sockets so its next use reconnects and resolves again, and try the
+        // next ingester, after a pause.
+        this.agents.get(target)?.destroy();
+        log.debug('will resend batch', { target: target.raw, attempt: attempts });
         targets.rotate();
-        await sleep(backoff.next(), this.abort.signal);
+        await sleep(this.retrying.capSleep(backoff.next()), this.abort.signal);
       }
     }
   }
@@ -177,16 +245,22 @@ export class AckSender {
     });
   }
 
-  private post(ep: Endpoint, proto: string, batch: Block): Promise<void> {
+  private post(target: Target, batch: Block): Promise<void> {
     const path = `/ingest/write${this.o.topic ? `?topic=${encodeURIComponent(this.o.topic)}` : ''}`;
-    const transport = proto === 'https' ? https : http;
-    const agent: Agent = proto === 'https' ? this.agents.https : this.agents.http;
-    const where = `POST ${proto}://${joinHostPort(ep.host, ep.port)}/ingest/write`;
+    const transport = target.proto === 'https' ? https : http;
+    const agent = this.agentFor(target);
+    const host = target.host === '' ? '127.0.0.1' : target.host;
+    const describe = () => {
+      const ep = this.resolved.get(target);
+      const at = joinHostPort(ep?.host ?? host, ep?.port ?? target.port);
+      return `POST ${target.proto}://${at}/ingest/write`;
+    };
     return new Promise((resolve, reject) => {
+      // host/port name the target (the Host header, the agent's pool); the agent's sockets go to
+      // wherever it resolves to now.
       const req = transport.request({
-        host: ep.host,
-        port: ep.port,
-        family: ep.family || undefined,
+        host,
+        port: target.port,
         path,
         method: 'POST',
         agent,
@@ -195,8 +269,9 @@ export class AckSender {
         headers: { 'content-type': 'text/plain', 'content-length': batch.data.length },
       });
       req.on('timeout', () => req.destroy(new Error(`no answer within ${this.o.timeoutMs}ms`)));
-      req.on('error', (err) => reject(new RetryableError(`${where}: ${err.message}`)));
+      req.on('error', (err) => reject(new RetryableError(`${describe()}: ${err.message}`)));
       req.on('response', (res) => {
+        const where = describe();
         const chunks: Buffer[] = [];
         let n = 0;
         res.on('data', (c: Buffer) => {

@@ -1,8 +1,9 @@
 // stdin chunks → blocks of framed records `<prefix><line>\n`. Works on bytes only: nothing is
 // decoded or formatted, so `%` and any binary bytes pass through untouched (OK Log passed the line
 // to Fprintf as a format string, §11.2 item 13). Like Go's bufio.ScanLines a trailing `\r` is
-// stripped and a last line without newline is still a record. Lines longer than the maximum are
-// dropped and counted instead of ending the process.
+// stripped and a last line without newline is still a record. Records longer than the maximum
+// (prefix included: the ingester measures what it receives) are dropped and counted instead of
+// ending the process.
 //
 // The common case (no prefix, no CR) is zero-copy: a block is a view of the stdin chunk.
 import { NEWLINE } from '../../shared/record.ts';
@@ -21,7 +22,7 @@ export interface Block {
 export interface SplitterOptions {
   /** Bytes put before every line (`-prefix` words joined by spaces, plus one space). */
   prefix?: Buffer;
-  /** Longest line accepted, without its newline (and without a stripped `\r`). */
+  /** Longest record accepted: prefix plus line, without its newline (and a stripped `\r`). */
   maxRecordSize: number;
 }
 
@@ -29,6 +30,7 @@ export class LineSplitter {
   /** Lines dropped because they were longer than `maxRecordSize`. */
   droppedTooLong = 0;
   private readonly prefix: Buffer | null;
+  /** Longest line, without the prefix that goes before it. */
   private readonly max: number;
   private carry: Buffer[] = [];
   private carryLen = 0;
@@ -39,7 +41,8 @@ export class LineSplitter {
 
   constructor(options: SplitterOptions) {
     this.prefix = options.prefix && options.prefix.length > 0 ? options.prefix : null;
-    this.max = options.maxRecordSize;
+    // A record the ingester would drop must be dropped (and counted) here, where it is visible.
+    this.max = options.maxRecordSize - (this.prefix?.length ?? 0);
   }
 
   /** The records `chunk` completes, as one block (null if none). */
@@ -116,6 +119,21 @@ export class LineSplitter {
     const blocks: Block[] = [];
     this.cut(blocks);
     return join(blocks);
+  }
+
+  /**
+   * Input stopped mid-stream (a signal): the unterminated last line is a torn write of the
+   * producer, not a record, so it is discarded. Returns its length in bytes (0 if none).
+   */
+  abandon(): number {
+    const n = this.carryLen;
+    if (this.discarding) {
+      this.discarding = false;
+      this.droppedTooLong++;
+    }
+    this.carry = [];
+    this.carryLen = 0;
+    return n;
   }
 
   /** Keeps a partial line; past the maximum (+1 for a possible `\r`) it is dropped instead. */

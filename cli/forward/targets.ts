@@ -186,4 +186,9 @@ export class TargetRing {
   resolve(): Promise<Endpoint> {
     return resolveTarget(this.current, this.resolver, this.random);
   }
+
+  /** Resolves one of the targets afresh (for a sender that connects per target). */
+  resolveTarget(t: Target): Promise<Endpoint> {
+    return resolveTarget(t, this.resolver, this.random);
+  }
 }

@@ -1,41 +1,41 @@
 // Fast/durable TCP forwarding: framed records from the buffer to one ingester connection at a
 // time, reconnecting (re-resolving names, rotating targets, backing off) when it is lost.
 //
-// What is guaranteed. The fast and durable protocols send nothing back, so the forwarder never
-// learns what an ingester has read. It therefore keeps two things:
+// What is guaranteed. The fast and durable protocols send nothing back, so while a connection is
+// up the forwarder never learns what an ingester has read. It therefore keeps:
 //  - the batch being written: if its write fails, or the connection dies before the kernel took
 //    it, it is sent again on the next connection. The record in flight is never lost (OK Log lost
 //    it, §11.2 item 13).
-//  - a resend window: the last `resendWindowBytes` of records the kernel accepted within the
-//    last `resendWindowMs`. Those may still sit in socket buffers (ours or the ingester's) when a
-//    connection dies, so after a reconnect they are sent again, ahead of anything newer. Within
-//    the window delivery is at-least-once (duplicates carry new ULIDs, so they are visible);
-//    older bytes are assumed delivered: a live ingester reads its socket within milliseconds, so
-//    only an ingester that stopped reading for longer than the age and then died loses them. Each
-//    record is re-sent from the window at most once, so an ingester that closes the connection
-//    on a particular line (dynamic topics) cannot make the forwarder loop forever.
+//  - a resend window (resend-window.ts): the writes the kernel accepted that may still sit unread
+//    in socket buffers (ours or the ingester's). After a lost connection they are sent again,
+//    ahead of anything newer: at-least-once within the window, duplicates carry new ULIDs.
+// At end of input the connection is half-closed and the window is held until the ingester closes
+// its side cleanly (FIN, no reset): our ingesters do that only after reading to our EOF and
+// writing what they read. A reset instead sends the window again on a new connection; no answer
+// within `closeTimeoutMs` is reported as unconfirmed (exit 1), never as success.
 // Order is kept: window, then the failed batch, then the buffer.
 import net from 'node:net';
 import { describeError } from '../../shared/errors.ts';
+import { formatDuration } from '../../shared/time.ts';
 import type { Logger } from '../common.ts';
 import { type Backoff, sleep } from './backoff.ts';
 import type { RecordBuffer } from './buffer.ts';
 import type { Block } from './line-splitter.ts';
 import type { ForwardMetrics } from './metrics.ts';
+import { ResendWindow } from './resend-window.ts';
+import { Retrying } from './retrying.ts';
 import type { Endpoint, TargetRing } from './targets.ts';
 import { onAbort, onSettled, onTimeout, type Subscribe, Waiters, waitAny } from './wait.ts';
 
-/**
- * Blocks on their way out as one corked write (no copy to join them); `sent` once first written
- * (for metrics), `at` when.
- */
+/** Blocks on their way out as one corked write (no copy to join them). */
 interface Outgoing {
   parts: Buffer[];
   bytes: number;
   records: number;
-  resent?: boolean;
-  sent?: boolean;
-  at?: number;
+  /** Came from a resend window (is not re-sent from one a second time). */
+  resent: boolean;
+  /** Written once already (counted in the metrics). */
+  sent: boolean;
 }
 
 function outgoing(blocks: Block[]): Outgoing | null {
@@ -46,22 +46,50 @@ function outgoing(blocks: Block[]): Outgoing | null {
     bytes += b.data.length;
     records += b.records;
   }
-  return { parts: blocks.map((b) => b.data), bytes, records, resent: blocks.every((b) => b.resent) };
+  return {
+    parts: blocks.map((b) => b.data),
+    bytes,
+    records,
+    resent: blocks.every((b) => b.resent),
+    sent: false,
+  };
+}
+
+/** How a half-closed connection ended: the ingester's clean close, a reset, no answer, or stop. */
+export type FinishOutcome = 'clean' | 'reset' | 'timeout' | 'stopped';
+
+/** Bytes libuv holds because the kernel's send buffer is full (Node keeps this on the handle). */
+function kernelBacklog(socket: net.Socket): number | null {
+  const handle = (socket as unknown as { _handle?: { writeQueueSize?: unknown } })._handle;
+  return typeof handle?.writeQueueSize === 'number' ? handle.writeQueueSize : null;
 }
 
 /** One TCP connection to an ingester, with a promise-based write and close detection. */
 export class Connection {
   closed = false;
   reason: Error | null = null;
+  /** The ingester's FIN arrived. */
+  private peerEnded = false;
+  private errored = false;
+  private fullyClosed = false;
   private readonly closeWaiters = new Waiters();
+  private readonly fullyClosedWaiters = new Waiters();
 
   private constructor(readonly socket: net.Socket) {
     socket.on('error', (err) => {
+      this.errored = true;
       this.reason ??= err;
     });
     // The ingester's FIN: it will read no more. (Node ends our side too.)
-    socket.on('end', () => this.markClosed(new Error('connection closed by ingester')));
-    socket.on('close', () => this.markClosed(new Error('connection closed')));
+    socket.on('end', () => {
+      this.peerEnded = true;
+      this.markClosed(new Error('connection closed by ingester'));
+    });
+    socket.on('close', () => {
+      this.markClosed(new Error('connection closed'));
+      this.fullyClosed = true;
+      this.fullyClosedWaiters.fire();
+    });
     // Fast/durable ingesters send nothing; reading is only how a close is noticed.
     socket.resume();
   }
@@ -106,34 +134,53 @@ export class Connection {
     return this.closeWaiters.subscribe(wake);
   };
 
+  private onFullyClosed: Subscribe = (wake) => {
+    if (this.fullyClosed) {
+      wake();
+      return () => {};
+    }
+    return this.fullyClosedWaiters.subscribe(wake);
+  };
+
   /**
-   * Resolves once the kernel accepted all of `parts` (written corked: one writev); rejects if
-   * the connection fails first.
+   * Resolves once the kernel accepted all of `parts` (written corked: one writev), with whether
+   * the write had to wait for room in the send buffer (backpressure: the ingester is behind);
+   * rejects if the connection fails first.
    */
-  write(parts: readonly Buffer[]): Promise<void> {
+  write(parts: readonly Buffer[]): Promise<boolean> {
     return new Promise((resolve, reject) => {
       if (this.closed) {
         reject(this.reason ?? new Error('connection closed'));
         return;
       }
+      const began = performance.now();
       const off = this.closeWaiters.subscribe(() => reject(this.reason ?? new Error('connection closed')));
       this.socket.cork();
+      let backlog: number | null = null;
       // Callbacks run in order, and a failed write fails the ones after it: the last one speaks.
       for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]);
       this.socket.write(parts[parts.length - 1], (err) => {
         off();
         if (err) reject(err);
-        else resolve();
+        // Without the handle's count (never seen on Node 20), a slow callback means the same.
+        else resolve(backlog === null ? performance.now() - began > 50 : backlog > 0);
       });
       this.socket.uncork();
+      // uncork hands everything to libuv, which writes what the kernel takes at once.
+      backlog = kernelBacklog(this.socket);
     });
   }
 
-  /** Half-closes and waits (bounded) for the ingester to close, so it reads everything first. */
-  async end(timeoutMs: number): Promise<void> {
+  /**
+   * Half-closes and waits for the ingester to close its side. 'clean' only for its FIN with no
+   * reset: it read up to our EOF. A close that came before our EOF is a lost connection.
+   */
+  async finish(timeoutMs: number, signal: AbortSignal): Promise<FinishOutcome> {
+    if (this.closed) return 'reset';
     this.socket.end();
-    await waitAny(this.onClose, onTimeout(timeoutMs));
-    this.socket.destroy();
+    await waitAny(this.onFullyClosed, onTimeout(timeoutMs), onAbort(signal));
+    if (this.fullyClosed) return this.peerEnded && !this.errored ? 'clean' : 'reset';
+    return signal.aborted ? 'stopped' : 'timeout';
   }
 
   destroy(): void {
@@ -147,30 +194,47 @@ export interface TcpSenderOptions {
   log: Logger;
   metrics: ForwardMetrics;
   backoff: Backoff;
-  /** Bytes of recently written records to send again after a reconnect (0: none). */
+  /** Bytes of recently written records kept to send again after a reconnect (0: none). */
   resendWindowBytes: number;
-  /** Only records written this recently are sent again (ms). */
+  /** Unpinned window entries older than this are assumed read (ms; 0: no age limit). */
   resendWindowMs: number;
   /** Largest single write (several blocks are joined up to this). */
   writeBatchBytes?: number;
   connectTimeoutMs?: number;
+  /** At end of input, how long to wait for the ingester to confirm by closing (ms). */
+  closeTimeoutMs?: number;
+  /** Stop with GaveUpError once no ingester could be reached for this long (ms; 0: never). */
+  giveUpMs?: number;
 }
 
-export type SendOutcome = 'done' | 'stopped';
-
-/** Writes remembered in the resend window at most (at ~4k writes/s still 2 s of them). */
-const MAX_WINDOW_ENTRIES = 8192;
+/**
+ * 'done': everything written and confirmed. 'unconfirmed': everything written, but the ingester
+ * did not confirm (see `unconfirmedRecords`). 'stopped': `stop` was called.
+ */
+export type SendOutcome = 'done' | 'unconfirmed' | 'stopped';
 
 export class TcpSender {
   private resend: Outgoing[] = [];
-  private window: Outgoing[] = [];
-  private windowBytes = 0;
+  private readonly window: ResendWindow;
   private inflight: Outgoing | null = null;
   private readonly abort = new AbortController();
   private readonly aborted = onAbort(this.abort.signal);
-  private lastWarn = new Map<string, number>();
+  private readonly retrying: Retrying;
+  /** Records that may be lost and will not be sent again (re-sent once, lost again). */
+  private skipped = 0;
+  /** A connection was lost after our EOF and nothing could be sent again (window off). */
+  private endLost = false;
+  private unconfirmedAtEnd = 0;
 
-  constructor(private readonly o: TcpSenderOptions) {}
+  constructor(private readonly o: TcpSenderOptions) {
+    this.window = new ResendWindow({ maxBytes: o.resendWindowBytes, maxAgeMs: o.resendWindowMs });
+    this.retrying = new Retrying({
+      log: o.log,
+      targets: o.targets.size,
+      giveUpMs: o.giveUpMs ?? 0,
+      message: 'no ingester reachable; still retrying, records are kept',
+    });
+  }
 
   /** Records not yet written to any connection (buffered, in flight or waiting to be re-sent). */
   get pendingRecords(): number {
@@ -179,17 +243,23 @@ export class TcpSender {
     return n;
   }
 
+  /** Records written whose delivery the ingester did not confirm, once `run` has ended. */
+  get unconfirmedRecords(): number {
+    return this.unconfirmedAtEnd + this.skipped;
+  }
+
   /** Gives up: `run` resolves with 'stopped' as soon as possible. */
   stop(): void {
     this.abort.abort();
   }
 
-  /** Forwards until the input has ended and everything was written ('done'), or `stop`. */
+  /** Forwards until the input has ended and everything was written and confirmed, or `stop`. */
   async run(): Promise<SendOutcome> {
-    const { targets, backoff, log, metrics } = this.o;
+    const { targets, backoff, log, metrics, buffer } = this.o;
     const signal = this.abort.signal;
     while (!signal.aborted) {
-      if (this.o.buffer.ended && this.o.buffer.empty && this.resend.length === 0) return 'done';
+      if (buffer.ended && buffer.empty && this.resend.length === 0)
+        return this.skipped > 0 || this.endLost ? 'unconfirmed' : 'done';
       const target = targets.current;
       let conn: Connection;
       let ep: Endpoint;
@@ -198,24 +268,43 @@ export class TcpSender {
         conn = await Connection.open(ep, this.o.connectTimeoutMs ?? 5000, signal);
       } catch (err) {
         if (signal.aborted) break;
-        this.warnRateLimited(`connect:${target.raw}`, 'connect failed', {
-          target: target.raw,
-          err: describeError(err),
-        });
+        this.retrying.failure(target.raw, err, { records_waiting: this.pendingRecords });
+        if (this.retrying.expired) throw this.retrying.gaveUp('no ingester reachable', this.pendingRecords);
         targets.rotate();
-        await sleep(backoff.next(), signal);
+        await sleep(this.retrying.capSleep(backoff.next()), signal);
         continue;
       }
-      this.lastWarn.delete(`connect:${target.raw}`);
+      this.retrying.success(target.raw);
       log.info('connected', { target: target.raw, addr: `${ep.host}:${ep.port}` });
       const outcome = await this.pump(conn);
-      if (outcome === 'done') {
-        await conn.end(2000);
-        return 'done';
-      }
       if (outcome === 'stopped') {
         conn.destroy();
+        this.unconfirmedAtEnd = this.window.records;
         break;
+      }
+      if (outcome === 'done') {
+        // Everything is written. Nothing leaves the window by age now: we wait for proof.
+        this.window.pinAll();
+        const timeoutMs = this.o.closeTimeoutMs ?? 30_000;
+        const end = await conn.finish(timeoutMs, signal);
+        if (end === 'clean') {
+          this.window.clear();
+          return this.skipped > 0 ? 'unconfirmed' : 'done';
+        }
+        if (end === 'stopped' || end === 'timeout') {
+          conn.destroy();
+          this.unconfirmedAtEnd = this.window.records;
+          if (end === 'stopped') break;
+          log.warn('the ingester did not confirm it read everything; records may be undelivered', {
+            target: target.raw,
+            records: this.unconfirmedAtEnd,
+            waited: formatDuration(timeoutMs),
+            hint: 'raise -close-timeout, or use -ack for acknowledged delivery',
+          });
+          return 'unconfirmed';
+        }
+        // A reset after our EOF: the ingester did not read everything. Send the window again.
+        if (!this.window.enabled) this.endLost = true;
       }
       conn.destroy();
       metrics.disconnects.inc();
@@ -224,6 +313,7 @@ export class TcpSender {
         target: target.raw,
         err: describeError(conn.reason),
         resend_records: again,
+        ...(this.window.enabled ? {} : { note: 'records in socket buffers may be lost (-resend-window 0)' }),
       });
       targets.rotate();
       await sleep(backoff.next(), signal);
@@ -245,10 +335,16 @@ export class TcpSender {
       }
       this.inflight = batch;
       let failed = false;
-      const written = conn.write(batch.parts).catch((err: Error) => {
-        conn.reason ??= err;
-        failed = true;
-      });
+      let pressured = false;
+      const written = conn.write(batch.parts).then(
+        (p) => {
+          pressured = p;
+        },
+        (err: Error) => {
+          conn.reason ??= err;
+          failed = true;
+        },
+      );
       await waitAny(onSettled(written), this.aborted);
       this.inflight = null;
       if (this.abort.signal.aborted && !failed) {
@@ -267,54 +363,24 @@ export class TcpSender {
         metrics.bytes.inc(batch.bytes);
       }
       backoff.reset();
-      this.remember(batch);
+      this.window.add(batch, performance.now(), pressured);
     }
   }
 
-  /** Keeps the most recent written blocks, up to the window's size, age and entry count. */
-  private remember(batch: Outgoing): void {
-    const limit = this.o.resendWindowBytes;
-    if (limit <= 0) return;
-    const now = performance.now();
-    batch.at = now;
-    this.window.push(batch);
-    this.windowBytes += batch.bytes;
-    // Bytes bound the data; age and count bound the objects when writes are tiny (a trickle of
-    // single lines would otherwise keep hundreds of thousands of small blocks).
-    const since = now - this.o.resendWindowMs;
-    while (
-      this.window.length > 1 &&
-      (this.windowBytes - this.window[0].bytes >= limit ||
-        (this.window[0].at ?? 0) < since ||
-        this.window.length > MAX_WINDOW_ENTRIES)
-    ) {
-      this.windowBytes -= this.window.shift()!.bytes;
-    }
-  }
-
-  /** After a lost connection: the window goes back in front of the queue. Returns its records. */
+  /** After a lost connection: the window goes back in front of the queue. Returns what waits. */
   private requeueWindow(): number {
-    const again: Outgoing[] = [];
-    let records = 0;
-    const since = performance.now() - this.o.resendWindowMs;
-    for (const b of this.window) {
-      if (b.resent || (b.at ?? 0) < since) continue;
-      again.push({ parts: b.parts, bytes: b.bytes, records: b.records, resent: true, sent: true });
-      records += b.records;
-    }
-    this.window = [];
-    this.windowBytes = 0;
+    const { again, skippedRecords } = this.window.drain(performance.now());
+    const records = again.reduce((n, b) => n + b.records, 0);
     this.o.metrics.resent.inc(records);
-    this.resend = [...again, ...this.resend];
-    return records + this.resend.slice(again.length).reduce((n, b) => n + b.records, 0);
-  }
-
-  /** Connection failures repeat every second while an ingester is down: log every 10 s. */
-  private warnRateLimited(key: string, msg: string, fields: Record<string, unknown>): void {
-    const now = Date.now();
-    const last = this.lastWarn.get(key);
-    if (last !== undefined && now - last < 10_000) return;
-    this.lastWarn.set(key, now);
-    this.o.log.warn(msg, fields);
+    if (skippedRecords > 0) {
+      // Sent twice already, lost with the connection both times: not a third time, so an
+      // ingester that closes on one record (dynamic topics) cannot make us loop. Not silent.
+      this.skipped += skippedRecords;
+      this.o.log.warn('records re-sent once already are not sent again; they may be lost', {
+        records: skippedRecords,
+      });
+    }
+    this.resend = [...again.map((e) => ({ ...e, sent: true })), ...this.resend];
+    return this.resend.reduce((n, b) => n + b.records, 0);
   }
 }

@@ -4,6 +4,8 @@ import { test } from 'node:test';
 import { Backoff } from '../../cli/forward/backoff.ts';
 import { RecordBuffer } from '../../cli/forward/buffer.ts';
 import { type Block, LineSplitter } from '../../cli/forward/line-splitter.ts';
+import { autoWindowBytes, ResendWindow } from '../../cli/forward/resend-window.ts';
+import { Retrying } from '../../cli/forward/retrying.ts';
 import { parseTarget, type Resolver, resolveTarget, TargetRing } from '../../cli/forward/targets.ts';
 
 function splitAll(input: Buffer, chunkSizes: number[], opts: { prefix?: string; max?: number } = {}) {
@@ -71,6 +73,145 @@ test('splitter: over-long lines are dropped and counted, across chunks too', () 
     assert.equal(r.data.toString(), `ok1\nok2\n${'q'.repeat(10)}\n`, `chunks ${sizes}`);
     assert.equal(r.dropped, 3);
   }
+});
+
+test('splitter: -max-record-size counts the prefix (what the ingester receives)', () => {
+  // "ab " + 7 bytes = 10: kept; "ab " + 8 = 11: dropped, as an ingester with the same limit would.
+  const input = Buffer.from(`${'x'.repeat(7)}\n${'y'.repeat(8)}\nok\n${'z'.repeat(8)}`);
+  for (const sizes of [[1], [4], [1000]]) {
+    const r = splitAll(input, sizes, { prefix: 'ab ', max: 10 });
+    assert.equal(r.data.toString(), `ab ${'x'.repeat(7)}\nab ok\n`, `chunks ${sizes}`);
+    assert.equal(r.dropped, 2);
+  }
+});
+
+test('splitter: abandon() discards the torn last line a signal cut off', () => {
+  const s = new LineSplitter({ maxRecordSize: 100 });
+  assert.equal(s.push(Buffer.from('whole\nhalf-writ'))!.data.toString(), 'whole\n');
+  assert.equal(s.abandon(), 9);
+  assert.equal(s.end(), null, 'nothing left to send');
+});
+
+const entry = (bytes: number, records = 1, resent = false) => ({
+  parts: [Buffer.alloc(bytes, 0x61)],
+  bytes,
+  records,
+  resent,
+});
+
+test('window: old entries expire by age, but not once a backpressured write pinned them', () => {
+  const w = new ResendWindow({ maxBytes: 1 << 20, maxAgeMs: 1000 });
+  w.add(entry(10), 0, false);
+  w.add(entry(10), 100, false);
+  w.trim(1050);
+  assert.equal(w.records, 1, 'the first is older than the age');
+  w.trim(1200);
+  assert.equal(w.records, 0, 'an idle window empties by age');
+
+  // Backpressure: the ingester is not keeping up, so nothing written so far may expire by age.
+  w.add(entry(10), 0, false);
+  w.add(entry(10), 10, true);
+  w.add(entry(10), 20, false);
+  w.trim(60_000);
+  assert.equal(w.records, 3, 'pinned by the backpressured write: age does not apply');
+  // ...only the byte bound pushes them out, then age applies to what came after.
+  const b = new ResendWindow({ maxBytes: 30, maxAgeMs: 1000 });
+  b.add(entry(10), 0, true);
+  b.add(entry(10), 1, false);
+  b.add(entry(10), 2, false);
+  b.add(entry(10), 3, false);
+  assert.equal(b.records, 3, 'at least 30 bytes kept; the pinned one left by bytes');
+  b.trim(5000);
+  assert.equal(b.records, 0, 'the unpinned rest by age');
+
+  const end = new ResendWindow({ maxBytes: 1 << 20, maxAgeMs: 1000 });
+  end.add(entry(10), 0, false);
+  end.pinAll();
+  end.trim(60_000);
+  assert.equal(end.records, 1, 'after pinAll (end of input) nothing expires by age');
+
+  const noAge = new ResendWindow({ maxBytes: 1 << 20, maxAgeMs: 0 });
+  noAge.add(entry(10), 0, false);
+  noAge.trim(1e9);
+  assert.equal(noAge.records, 1, 'age 0: bytes only');
+});
+
+test('window: the byte bound keeps at least maxBytes of the newest writes', () => {
+  const w = new ResendWindow({ maxBytes: 100, maxAgeMs: 0 });
+  for (let i = 0; i < 50; i++) w.add(entry(30), i, false);
+  assert.ok(w.bytes >= 100 && w.bytes < 130, `${w.bytes}`);
+  const { again } = w.drain(100);
+  assert.equal(again.length, 4);
+});
+
+test('window: too many small entries are coalesced, never dropped; order and bytes kept', () => {
+  const w = new ResendWindow({ maxBytes: 1 << 30, maxAgeMs: 0, maxEntries: 100 });
+  const lines: string[] = [];
+  for (let i = 0; i < 20_000; i++) {
+    const l = `r${i}\n`;
+    lines.push(l);
+    w.add({ parts: [Buffer.from(l)], bytes: l.length, records: 1, resent: false }, i, i === 19_000);
+    assert.ok(w.size <= 101, `bounded count: ${w.size}`);
+  }
+  assert.equal(w.records, 20_000);
+  assert.ok(w.pinnedEntries > 0, 'the pin survives coalescing');
+  const { again, skippedRecords } = w.drain(1e9);
+  assert.equal(skippedRecords, 0);
+  assert.equal(Buffer.concat(again.flatMap((e) => e.parts)).toString(), lines.join(''));
+  assert.equal(
+    again.reduce((n, e) => n + e.records, 0),
+    20_000,
+  );
+  assert.ok(again.every((e) => e.resent));
+});
+
+test('window: an entry is re-sent from a window at most once (the skip is counted)', () => {
+  const w = new ResendWindow({ maxBytes: 1 << 20, maxAgeMs: 0 });
+  w.add(entry(10, 3, true), 0, false);
+  w.add(entry(10, 2, false), 0, false);
+  const { again, skippedRecords } = w.drain(0);
+  assert.equal(skippedRecords, 3);
+  assert.deepEqual(
+    again.map((e) => [e.records, e.resent]),
+    [[2, true]],
+  );
+  assert.equal(w.records, 0);
+});
+
+test('window: auto size covers the socket buffers, within 16 MiB..256 MiB', () => {
+  assert.equal(autoWindowBytes(1), 16 << 20);
+  assert.equal(autoWindowBytes(40 << 20), 40 << 20);
+  assert.equal(autoWindowBytes(2 ** 40), 256 << 20);
+});
+
+test('retrying: one warning naming every failing ingester, at most every 10 s; give-up clock', () => {
+  const lines: string[] = [];
+  let now = 0;
+  const log = {
+    debug() {},
+    info: (m: string) => lines.push(`info ${m}`),
+    warn: (m: string, f?: Record<string, unknown>) => lines.push(`warn ${m} ${String(f?.ingesters)}`),
+    error() {},
+  };
+  const r = new Retrying({ log, targets: 2, giveUpMs: 5000, message: 'down', now: () => now });
+  r.failure('a', new Error('refused'));
+  assert.equal(lines.length, 0, 'one of two failing is a failover, not news');
+  r.failure('b', new Error('timeout'));
+  assert.deepEqual(lines, ['warn down a: refused; b: timeout']);
+  for (now = 100; now < 9000; now += 1000) r.failure('a', new Error('refused'));
+  assert.equal(lines.length, 1, 'rate-limited');
+  assert.equal(r.expired, true, 'failing for more than 5 s');
+  assert.match(
+    r.gaveUp('no ingester reachable', 7).message,
+    /gave up after 5s .*; 7 record\(s\) not delivered/,
+  );
+  now = 10_500;
+  r.failure('b', new Error('timeout'));
+  assert.equal(lines.length, 2);
+  r.success('a');
+  assert.equal(lines.at(-1), 'info ingester reachable again');
+  assert.equal(r.expired, false);
+  assert.equal(r.capSleep(1000), 1000);
 });
 
 function block(lines: string[]): Block {

@@ -2,6 +2,7 @@
 // fake `/ingest/write` for -ack.
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
+import { autoWindowBytes } from '../../cli/forward/resend-window.ts';
 import { freePort, sleep, waitFor } from '../helpers/index.ts';
 import {
   FakeHttp,
@@ -103,8 +104,11 @@ test('ingester restart mid-stream: reconnects, the record in flight and the wind
       Buffer.concat(s.connections.at(-1)!).toString('latin1').split('\n').slice(0, -1),
     );
     for (let i = 1; i < second.length; i++) assert.ok(second[i] > second[i - 1], 'ordered after reconnect');
-    // 21-byte lines; the window keeps whole writes of up to 256 KiB beyond its 4 MiB.
-    assert.ok(dups * 21 <= 4 * 1024 * 1024 + 256 * 1024, `duplicates bounded by the resend window: ${dups}`);
+    // 21-byte lines; the window (auto: at least 16 MiB) keeps whole writes of up to 256 KiB beyond it.
+    assert.ok(
+      dups * 21 <= autoWindowBytes() + 256 * 1024,
+      `duplicates bounded by the resend window: ${dups}`,
+    );
   } finally {
     await p.kill('SIGKILL');
   }
@@ -184,6 +188,123 @@ test('-max-record-size drops longer lines with a count, not an exit', async () =
   assert.match(r.stderr, /too_long=2/);
 });
 
+test('-max-record-size counts the -prefix; a -prefix with a newline is a usage error', async () => {
+  const s = await sink();
+  // "host=a " is 7 bytes: a 93-byte line makes a 100-byte record, a 94-byte one is too long.
+  const input = `${'k'.repeat(93)}\n${'d'.repeat(94)}\n`;
+  const r = await run(
+    'cli/oklog.ts',
+    ['forward', '-max-record-size', '100', '-prefix', 'host=a', s.address],
+    {
+      input,
+    },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(s.lines(), [`host=a ${'k'.repeat(93)}`]);
+  assert.match(r.stderr, /too_long=1/);
+  const nl = await run('cli/oklog.ts', ['forward', '-prefix', 'a\nb', s.address], { input: 'x\n' });
+  assert.equal(nl.code, 2);
+  assert.match(nl.stderr, /^oklog forward: -prefix must not contain a newline\nUSAGE/);
+  const big = await run('cli/oklog.ts', ['forward', '-max-record-size', '4', '-prefix', 'long', s.address]);
+  assert.equal(big.code, 2);
+  assert.match(big.stderr, /leaves no room under -max-record-size/);
+});
+
+test('resend window: a stalled ingester that dies keeps nothing older than the age from being resent', async () => {
+  // The ingester stops reading: the socket buffers fill and writes block (backpressure). It then
+  // dies (RST: whatever it had not read is gone) well after -resend-window-age. Everything
+  // written on that connection must be sent again; an age limit alone dropped it.
+  const s = await sink();
+  s.pause();
+  const total = 200_000; // ~8.6 MB: more than loopback buffers of a reader that stopped
+  const p = startForward(['-resend-window-age', '300ms', s.address]);
+  try {
+    await writeStdin(p, numberedLines(total, 'x'.repeat(20)));
+    await waitFor(() => p.stderr().includes('msg=connected'), 'connected');
+    await sleep(1500);
+    await s.close();
+    s.resume();
+    await s.listen();
+    p.child.stdin!.end();
+    assert.equal(await p.exited, 0, p.stderr());
+    assert.match(p.stderr(), /connection lost/);
+    const dups = checkAtLeastOnce(lineNumbers(s.lines()), total);
+    assert.ok(dups < total, `${dups} duplicates`);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('resend window: a slow ingester (1 MB/s) behind a faster producer loses nothing at a reset', async () => {
+  const s = await sink();
+  s.throttle(1_000_000);
+  const total = 150_000; // ~6.5 MB
+  const p = startForward(['-resend-window-age', '500ms', s.address]);
+  try {
+    await writeStdin(p, numberedLines(total, 'x'.repeat(20)));
+    await waitFor(() => s.bytes > 2_000_000, 'the slow reader got going');
+    // Megabytes written long before (> age) still sit unread in the socket buffers.
+    await s.close();
+    s.throttle(0);
+    await s.listen();
+    p.child.stdin!.end();
+    assert.equal(await p.exited, 0, p.stderr());
+    checkAtLeastOnce(lineNumbers(s.lines()), total);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('end of input: exits 0 only once a slow ingester has read everything (its FIN)', async () => {
+  const s = await sink();
+  s.throttle(1_000_000);
+  const input = numberedLines(100_000, 'x'.repeat(20)); // ~4.3 MB: about 4 s at 1 MB/s
+  const r = await run('cli/oklog.ts', ['forward', s.address], { input });
+  assert.equal(r.code, 0, r.stderr);
+  // Checked at once, not waited for: the forwarder may exit only after the ingester read it all.
+  assert.equal(s.bytes, input.length, 'everything read when the forwarder exited');
+  assert.equal(s.eofs, 1);
+});
+
+test('end of input: an ingester that never confirms gives a warning with a count and exit 1', async () => {
+  const s = await sink();
+  s.pause();
+  const r = await run('cli/oklog.ts', ['forward', '-close-timeout', '1s', s.address], {
+    input: numberedLines(5000),
+  });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /the ingester did not confirm it read everything.* records=5000 /);
+  assert.match(r.stderr, /level=error msg="records written but not confirmed by the ingester" records=5000/);
+});
+
+test('no ingester reachable: one rate-limited warning and retrying; -give-up exits 1 with a count', async () => {
+  const dead = await freePort();
+  const p = startForward([`127.0.0.1:${dead}`]);
+  try {
+    await writeStdin(p, 'hi\n');
+    p.child.stdin!.end();
+    await waitFor(() => p.stderr().includes('no ingester reachable'), 'the warning');
+    await sleep(2500); // several attempts (backoff up to ~1 s), still one line
+    assert.equal(p.child.exitCode, null, 'keeps retrying after end of input (never loses by default)');
+    const warnings = p.stderr().match(/level=warn msg="no ingester reachable; still retrying[^\n]*/g) ?? [];
+    assert.equal(warnings.length, 1, p.stderr());
+    assert.match(warnings[0], new RegExp(`ingesters="127\\.0\\.0\\.1:${dead}: [^"]*ECONNREFUSED`));
+    assert.match(warnings[0], /records_waiting=1 give_up=never/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+  const r = await run('cli/oklog.ts', ['forward', '-give-up', '1s', `127.0.0.1:${dead}`], {
+    input: 'hi\nthere\n',
+  });
+  assert.equal(r.code, 1);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `\noklog forward: gave up after 1s \\(-give-up\\): no ingester reachable \\(127\\.0\\.0\\.1:${dead}: [^)]*\\); 2 record\\(s\\) not delivered\n$`,
+    ),
+  );
+});
+
 test('tcp+dns:// resolves (and -topic becomes the first prefix word)', async () => {
   const s = await sink();
   const r = await run('cli/oklog.ts', ['forward', '-topic', 'web', `tcp+dns://localhost:${s.port}`], {
@@ -230,6 +351,56 @@ test('-ack: a failed attempt is resent; exits 0 once every batch is acknowledged
   assert.match(r.stderr, /batch not acknowledged; will resend/);
 });
 
+test('-ack: failures logged at most every 10 s; -give-up exits 1 with the unacknowledged count', async () => {
+  const api = await FakeHttp.start();
+  servers.push(api);
+  api.handler = (_req, res) => res.writeHead(503).end('down\n');
+  const r = await run('cli/oklog.ts', ['forward', '-ack', '-give-up', '2s', api.address], {
+    input: numberedLines(30),
+  });
+  assert.equal(r.code, 1);
+  assert.ok(api.requests.length >= 4, `retried: ${api.requests.length}`);
+  const logged = r.stderr.match(/batch not acknowledged; will resend/g) ?? [];
+  assert.equal(logged.length, 1, r.stderr);
+  assert.match(
+    r.stderr,
+    /oklog forward: gave up after 2s \(-give-up\): no batch acknowledged \(.*503.*\); 30 record\(s\) not delivered\n$/,
+  );
+});
+
+test('-ack: 413 splits the batch; a single record the ingester refuses is dropped and counted', async () => {
+  const api = await FakeHttp.start();
+  servers.push(api);
+  const acked: string[] = [];
+  api.handler = (_req, res, body) => {
+    const text = body.toString();
+    const records = text.split('\n').length - 1;
+    if (records > 100 || text.includes('HUGE')) {
+      res.writeHead(413).end('too large\n');
+      return;
+    }
+    acked.push(text);
+    res.writeHead(200).end(JSON.stringify({ records, bytes: body.length }));
+  };
+  const input = Buffer.concat([
+    numberedLines(500),
+    Buffer.from('HUGE\n'),
+    numberedLines(500, 'payload', 501),
+  ]);
+  const r = await run('cli/oklog.ts', ['forward', '-ack', '-ack-batch-records', '1000', api.address], {
+    input,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  const nums = lineNumbers(acked.join('').split('\n').slice(0, -1));
+  assert.deepEqual(
+    nums,
+    Array.from({ length: 1000 }, (_, i) => i + 1),
+    'every other record once, in order',
+  );
+  assert.match(r.stderr, /record rejected as too large by the ingester; dropped/);
+  assert.match(r.stderr, /dropped records in total" buffer_full=0 too_long=1/);
+});
+
 test('-ack: a rejected batch (400) ends with one line and a non-zero exit', async () => {
   const api = await FakeHttp.start();
   servers.push(api);
@@ -242,12 +413,31 @@ test('-ack: a rejected batch (400) ends with one line and a non-zero exit', asyn
   );
 });
 
+test('signals: a full flush exits 0; a torn last line is not sent as a record', async () => {
+  const s = await sink();
+  const p = startForward([s.address]);
+  try {
+    await writeStdin(p, Buffer.concat([numberedLines(10_000), Buffer.from('half-writ')]));
+    await waitFor(() => s.lines().length >= 10_000, 'lines delivered');
+    process.kill(-p.pid, 'SIGTERM');
+    assert.equal(await p.exited, 0, p.stderr());
+    assert.deepEqual(
+      lineNumbers(s.lines()),
+      Array.from({ length: 10_000 }, (_, i) => i + 1),
+    );
+    assert.ok(!s.raw().includes('half-writ'), 'the torn line was not sent');
+    assert.match(p.stderr(), /input stopped by a signal mid-line; that partial line is not sent" bytes=9/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
 test('signals: records that cannot get out are reported and the exit code is 1', async () => {
   const dead = await freePort();
   const p = startForward([`127.0.0.1:${dead}`]);
   try {
     await writeStdin(p, 'stuck\n');
-    await waitFor(() => p.stderr().includes('connect failed'), 'a failed connect');
+    await waitFor(() => p.stderr().includes('no ingester reachable'), 'a failed connect');
     process.kill(-p.pid, 'SIGTERM');
     await waitFor(() => p.stderr().includes('flushing'), 'first signal handled');
     process.kill(-p.pid, 'SIGTERM'); // the second one does not wait for the grace period

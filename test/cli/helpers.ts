@@ -9,24 +9,34 @@ import {
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { freePort, type Proc, sleep, spawnTs, waitFor } from '../helpers/index.ts';
 
-/** Records every byte received, per connection, and can stall, drop or restart. */
+/**
+ * Records every byte received, per connection, and can stall, read slowly, drop or restart. Like
+ * an ingester it closes its side once it has read a client's EOF.
+ */
 export class TcpSink {
   /** Bytes of each connection, in accept order. */
   readonly connections: Buffer[][] = [];
+  /** Connections whose EOF (FIN) was read. */
+  eofs = 0;
   private server: NetServer | null = null;
   private sockets = new Set<Socket>();
   private paused = false;
+  /** Bytes per second each connection reads at (0: as fast as it can). */
+  private rate = 0;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    readonly host: string,
+  ) {}
 
-  static async start(port?: number): Promise<TcpSink> {
-    const sink = new TcpSink(port ?? (await freePort()));
+  static async start(port?: number, host = '127.0.0.1'): Promise<TcpSink> {
+    const sink = new TcpSink(port ?? (await freePort(host)), host);
     await sink.listen();
     return sink;
   }
 
   get address(): string {
-    return `127.0.0.1:${this.port}`;
+    return `${this.host}:${this.port}`;
   }
 
   listen(): Promise<void> {
@@ -34,7 +44,15 @@ export class TcpSink {
       const parts: Buffer[] = [];
       this.connections.push(parts);
       this.sockets.add(sock);
-      sock.on('data', (d) => parts.push(d));
+      sock.on('data', (d) => {
+        parts.push(d);
+        // Slow reader: after each chunk, stop reading for as long as the rate says it took.
+        if (this.rate > 0 && !this.paused) {
+          sock.pause();
+          setTimeout(() => !this.paused && sock.resume(), (d.length / this.rate) * 1000);
+        }
+      });
+      sock.on('end', () => this.eofs++);
       sock.on('error', () => {});
       sock.on('close', () => this.sockets.delete(sock));
       if (this.paused) sock.pause();
@@ -42,8 +60,13 @@ export class TcpSink {
     this.server = server;
     return new Promise((res, rej) => {
       server.once('error', rej);
-      server.listen(this.port, '127.0.0.1', () => res());
+      server.listen(this.port, this.host, () => res());
     });
+  }
+
+  /** Reads at most `bytesPerSecond` per connection (0: full speed again). */
+  throttle(bytesPerSecond: number): void {
+    this.rate = bytesPerSecond;
   }
 
   /** Stops reading (the kernel buffers fill, then the sender's writes block). */
@@ -187,10 +210,15 @@ export async function metric(url: string, name: string): Promise<number> {
 /**
  * Feeds a running `oklog forward` numbered lines steadily, calls `restart` (which stops and starts
  * the ingester) while records are in flight, keeps producing a little longer, then ends stdin and
- * waits for the forwarder to exit. Returns how many lines were produced.
+ * waits for the forwarder to exit. Returns how many lines were produced. `ready` says when the
+ * forwarder is up (default: its `connected` line; -ack logs none).
  */
-export async function produceThroughRestart(fwd: Proc, restart: () => Promise<void>): Promise<number> {
-  await waitFor(() => fwd.stderr().includes('msg=connected'), 'forwarder connected');
+export async function produceThroughRestart(
+  fwd: Proc,
+  restart: () => Promise<void>,
+  ready: () => boolean | Promise<boolean> = () => fwd.stderr().includes('msg=connected'),
+): Promise<number> {
+  await waitFor(ready, 'forwarder ready');
   // A steady producer, so records are in flight when the node goes down and while it is away.
   let next = 1;
   let producing = true;
