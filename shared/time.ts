@@ -75,14 +75,26 @@ function trim(n: number): string {
 
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
+}
+
 /** Parses an RFC 3339 timestamp (fractional seconds allowed) to Unix milliseconds, or null. */
 export function parseRfc3339(value: string): number | null {
   const m = RFC3339.exec(value);
   if (!m) return null;
   const [, y, mo, d, h, mi, s, frac, zone] = m;
-  if (+mo < 1 || +mo > 12 || +d < 1 || +d > 31 || +h > 23 || +mi > 59 || +s > 60) return null;
+  // As Go's time.Parse: a day that does not exist in its month (2024-02-30, 2023-02-29) and a
+  // 60th second are errors, not silently rolled over into the next month or minute.
+  if (+mo < 1 || +mo > 12 || +d < 1 || +d > daysInMonth(+y, +mo) || +h > 23 || +mi > 59 || +s > 59)
+    return null;
+  if (zone.length > 1 && (+zone.slice(1, 3) > 23 || +zone.slice(4, 6) > 59)) return null;
   const fracMs = frac ? Math.floor(Number.parseFloat(`0${frac}`) * 1000) : 0;
-  let ms = Date.UTC(+y, +mo - 1, +d, +h, +mi, +s, 0) + fracMs;
+  // Date.UTC maps years 0-99 to 1900-1999; setUTCFullYear takes the year as written.
+  const date = new Date(Date.UTC(2000, +mo - 1, +d, +h, +mi, +s, 0));
+  date.setUTCFullYear(+y);
+  let ms = date.getTime() + fracMs;
   if (zone !== 'Z' && zone !== 'z') {
     const offSign = zone[0] === '-' ? -1 : 1;
     const [oh, om] = zone.slice(1).split(':').map(Number);

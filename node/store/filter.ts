@@ -1,10 +1,11 @@
 // Record filters for queries and streams (reference §4.8), with OK Log's regex bugs fixed:
 // the text matched is topic + payload WITHOUT the trailing newline (so `$` matches at end of
-// line), regexes run on V8's linear-time engine (no pattern can stall a node), and a topic
-// filter selects records of one topic exactly.
+// line), regexes run on V8's linear-time engine after translation from Go syntax with their size
+// capped (regex.ts), and a topic filter selects records of one topic exactly.
 import { setFlagsFromString } from 'node:v8';
 import { InvalidArgumentError } from '../../shared/errors.ts';
 import { isValidTopic, RECORD_PREFIX_LENGTH, SPACE } from '../../shared/record.ts';
+import { InvalidRegexError, translateGoRegex } from './regex.ts';
 
 // V8's non-backtracking engine (the `l` flag) guarantees linear time, like RE2. It must be
 // enabled before the first `l` RegExp is built; enabling it is idempotent.
@@ -21,29 +22,30 @@ export interface FilterSpec {
 /** Decides whether the record in `buf[start..end)` (newline excluded) matches. */
 export type RecordMatcher = (buf: Buffer, start: number, end: number) => boolean;
 
-export class InvalidRegexError extends InvalidArgumentError {
-  constructor(pattern: string, reason: string) {
-    super(`compiling regex: ${reason}`, { pattern });
-    this.name = 'InvalidRegexError';
-  }
-}
+export { InvalidRegexError };
 
-/** Compiles a pattern on the linear engine; patterns it cannot run in linear time are rejected. */
+/**
+ * Compiles a Go RE2 pattern for the linear engine (see regex.ts: captures dropped, `(?i)` and
+ * other Go syntax translated, size capped); a pattern it cannot run in linear time is refused
+ * with InvalidRegexError (400), naming the construct.
+ */
 export function compileLinearRegex(pattern: string): RegExp {
+  const { source } = translateGoRegex(pattern);
   try {
-    return new RegExp(pattern, 'l');
+    return new RegExp(source, 'l');
   } catch (err) {
-    const msg = (err as Error).message.replace(/^Invalid regular expression: /, '');
+    // "Invalid regular expression: /<translated source>/l: <reason>": the reason, without the
+    // translated source the user never wrote.
+    const msg = (err as Error).message;
+    const reason = msg.slice(msg.lastIndexOf(': ') + 2) || msg;
     throw new InvalidRegexError(
       pattern,
-      /linear|experimental/i.test(msg)
-        ? `${msg} (backreferences and lookaround are not supported: regexes must run in linear time)`
-        : msg,
+      /linear/i.test(reason) ? `${reason} (the pattern needs a backtracking engine)` : reason,
     );
   }
 }
 
-/** `regex` query parameter: present without a value or with a true value means true; `false`/`0` mean false. */
+/** `regex` query parameter: present without a value or with a true value means true; `false`, `0`, `no`, `off` mean false. */
 export function parseRegexParam(value: string | undefined): boolean {
   if (value === undefined) return false;
   const v = value.trim().toLowerCase();
