@@ -37,7 +37,7 @@ export function clusterFlagSpecs(): FlagSpec[] {
       name: 'cluster.key',
       kind: 'string',
       default: '',
-      help: 'file of base64 AES keys (16/24/32 bytes), one per line, first is primary: encrypts gossip',
+      help: 'file of base64 AES keys (16/24/32 bytes), one per line or a JSON array, first is primary: encrypts gossip (read at start)',
     },
   ];
 }
