@@ -109,11 +109,21 @@ export function isBrokenPipe(err: unknown): boolean {
 }
 
 /**
+ * True for a response body that ended before the server finished it: the connection closed (or
+ * was reset) mid-body, e.g. the node stopped or died. Node reports it as `aborted` / ECONNRESET.
+ */
+export function isCutOff(err: unknown): boolean {
+  const e = err as { code?: string; message?: string } | null;
+  return e?.code === 'ECONNRESET' || e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.message === 'aborted';
+}
+
+/**
  * Writes to stdout with backpressure; a closed pipe (`| head`) is noted, not thrown, so commands
  * can stop quietly. `onBroken` lets the caller abort its source at once.
  */
 export class Output {
   broken = false;
+  private aborted = false;
   private failure: Error | null = null;
   private waiters: (() => void)[] = [];
 
@@ -145,8 +155,17 @@ export class Output {
 
   /** Resolves when the data is accepted (or the pipe is broken). Returns false if broken. */
   async write(data: Buffer | string): Promise<boolean> {
-    if (this.broken) return false;
+    if (this.broken || this.aborted) return false;
     if (!this.stream.write(data)) await new Promise<void>((r) => this.waiters.push(r));
-    return !this.broken;
+    return !this.broken && !this.aborted;
+  }
+
+  /**
+   * Stops writing: a write waiting for a blocked stdout (`| sleep 30`) returns false at once, and
+   * later ones too. Signal handlers call it, since a full pipe never drains by itself.
+   */
+  abort(): void {
+    this.aborted = true;
+    this.wake();
   }
 }

@@ -5,7 +5,16 @@ import { applyTrailers, OklogClient, type QueryResult, type QueryStats } from '.
 import type { FlagSpec } from '../shared/flags.ts';
 import { isValidTopic } from '../shared/record.ts';
 import { formatDuration, parseTimeArg } from '../shared/time.ts';
-import { EXIT_FAILURE, EXIT_OK, EXIT_PARTIAL, fail, Output, parseCommand, usageError } from './common.ts';
+import {
+  EXIT_FAILURE,
+  EXIT_OK,
+  EXIT_PARTIAL,
+  fail,
+  isCutOff,
+  Output,
+  parseCommand,
+  usageError,
+} from './common.ts';
 import { type OutputFormat, RecordPrinter } from './output.ts';
 
 export const queryFlagSpecs: FlagSpec[] = [
@@ -63,6 +72,12 @@ function statsJson(r: QueryResult): Record<string, unknown> {
   };
 }
 
+/** `-store ''` would otherwise fail as `: empty address`. */
+export function storeClient(store: string): OklogClient {
+  if (store.trim() === '') throw new Error('-store: empty address');
+  return new OklogClient(store);
+}
+
 function partialWarning(command: string, s: QueryStats): string {
   const who = s.failedNodes.length > 0 ? s.failedNodes.join(', ') : 'unknown nodes';
   const n = s.failedNodes.length > 0 ? s.failedNodes.length : s.errorCount;
@@ -92,13 +107,21 @@ export async function main(argv: string[], name = 'oklogctl query'): Promise<num
   let from: number;
   let to: number;
   try {
-    client = new OklogClient(String(f.store));
+    client = storeClient(String(f.store));
     const now = Date.now();
     from = parseTimeArg(String(f.from), now, '-from');
     to = parseTimeArg(String(f.to), now, '-to');
   } catch (err) {
     return fail(name, err);
   }
+  // The store would answer an empty result: say why instead.
+  if (from > to)
+    return fail(
+      name,
+      new Error(
+        `-from (${new Date(from).toISOString()}) is after -to (${new Date(to).toISOString()}): nothing can match`,
+      ),
+    );
 
   const began = performance.now();
   let result: QueryResult;
@@ -120,6 +143,7 @@ export async function main(argv: string[], name = 'oklogctl query'): Promise<num
   const body = result.body;
   const out = new Output(process.stdout, () => body.destroy());
   let code = EXIT_OK;
+  let printer: RecordPrinter | null = null;
   try {
     if (statsOnly) {
       body.resume();
@@ -129,13 +153,15 @@ export async function main(argv: string[], name = 'oklogctl query'): Promise<num
       await new Promise<void>((res, rej) => body.on('end', res).on('error', rej));
       if (applyTrailers(result.stats, body.trailers)) result.partial = true;
     } else {
-      const printer = new RecordPrinter({ format, limit: f.limit as number, topic });
+      printer = new RecordPrinter({ format, limit: f.limit as number, topic });
       for await (const chunk of body) {
+        // Past -limit the rest is read and discarded, not cut off: the trailers after the body
+        // may name a node that failed, and the server stops at the limit anyway.
+        if (printer.done) continue;
         const data = printer.push(chunk as Buffer);
         if (data && !(await out.write(data))) break;
-        if (printer.done) break;
       }
-      if (!out.broken && !printer.done) {
+      if (!out.broken) {
         const tail = printer.end();
         if (tail) await out.write(tail);
         // The whole body was read: trailers may report a node that failed mid-body.
@@ -143,11 +169,21 @@ export async function main(argv: string[], name = 'oklogctl query'): Promise<num
         if (verbose && result.stats.recordsMatched !== null && !matchedShown)
           process.stderr.write(`${result.stats.recordsMatched} record(s) matched\n`);
       }
-      // Stop the transfer early (limit reached, or stdout closed): nothing more is needed.
+      // Stdout closed: nothing more is needed.
       body.destroy();
     }
   } catch (err) {
-    if (!out.broken) code = fail(name, err);
+    if (out.broken) {
+      // `| head`: quiet.
+    } else if (isCutOff(err)) {
+      const n = printer ? ` after ${printer.count} record(s)` : '';
+      code = fail(
+        name,
+        new Error(
+          `${method} ${client.base}/store/query: the node closed the connection mid-response${n}; the results are incomplete`,
+        ),
+      );
+    } else code = fail(name, err);
   }
   if (out.error) code = fail(name, out.error);
   if (result.partial) {

@@ -1,12 +1,16 @@
 // `oklogctl stream` / `oklog stream`: follow matching records live (reference §8.2). Prints until
 // the server closes the stream (exit 0) or SIGINT/SIGTERM arrives (exit 0, quietly: stopping a
-// tail is the normal way to end it, unlike OK Log's exit 1).
-import { OklogClient } from '../shared/client.ts';
+// tail is the normal way to end it, unlike OK Log's exit 1). A stream the node cuts off mid-body
+// (a node stopping ends its streams that way) is the server closing it too: exit 0, with one line
+// on stderr saying which node did it, so a tail that ended unexpectedly is not a mystery.
+import type { IncomingMessage } from 'node:http';
+import type { OklogClient } from '../shared/client.ts';
 import type { FlagSpec } from '../shared/flags.ts';
 import { isValidTopic } from '../shared/record.ts';
 import { formatDuration, parseDuration } from '../shared/time.ts';
-import { EXIT_OK, fail, Output, parseCommand, usageError } from './common.ts';
+import { EXIT_OK, fail, isCutOff, Output, parseCommand, usageError } from './common.ts';
 import { type OutputFormat, RecordPrinter } from './output.ts';
+import { storeClient } from './query.ts';
 
 export const streamFlagSpecs: FlagSpec[] = [
   { name: 'store', kind: 'string', default: 'localhost:7650', help: 'address of store instance to query' },
@@ -43,25 +47,28 @@ export async function main(argv: string[], name = 'oklogctl stream'): Promise<nu
 
   let client: OklogClient;
   try {
-    client = new OklogClient(String(f.store));
+    client = storeClient(String(f.store));
   } catch (err) {
     return fail(name, err);
   }
 
   const abort = new AbortController();
   let stopped = false;
+  let body: IncomingMessage | null = null;
+  const out = new Output(process.stdout, () => body?.destroy());
   const onSignal = () => {
     stopped = true;
     abort.abort();
+    // A blocked stdout never drains by itself: release a write waiting for it as well.
+    out.abort();
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    const { body } = await client.stream(
+    ({ body } = await client.stream(
       { q: String(f.q), regex: f.regex as boolean, topic, window },
       { signal: abort.signal },
-    );
-    const out = new Output(process.stdout, () => body.destroy());
+    ));
     const printer = new RecordPrinter({ format, topic });
     try {
       for await (const chunk of body) {
@@ -69,9 +76,14 @@ export async function main(argv: string[], name = 'oklogctl stream'): Promise<nu
         if (data && !(await out.write(data))) break;
       }
       const tail = printer.end();
-      if (tail && !out.broken) await out.write(tail);
+      if (tail && !out.broken && !stopped) await out.write(tail);
     } catch (err) {
-      if (!stopped && !out.broken) throw err;
+      if (!stopped && !out.broken) {
+        if (!isCutOff(err)) throw err;
+        process.stderr.write(
+          `${name}: the stream ended: ${client.base} closed the connection mid-response (node stopped or failed)\n`,
+        );
+      }
     }
     if (out.error) return fail(name, out.error);
     return EXIT_OK;

@@ -13,6 +13,8 @@ export const testsvcFlagSpecs: FlagSpec[] = [
 ];
 
 const CHARSET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+/** Records built and written at a time within one cycle. */
+const CHUNK_RECORDS = 1024;
 const BODIES = 10_000;
 
 /** `n` random bodies of `len` bytes: Crockford characters with a space every 5–19 characters. */
@@ -64,13 +66,15 @@ export async function main(argv: string[], name = 'oklog testsvc'): Promise<numb
 
   let stop = false;
   let wake: (() => void) | null = null;
+  const out = new Output(process.stdout, () => onSignal());
   const onSignal = () => {
     stop = true;
     wake?.();
+    // A blocked stdout (`testsvc | sleep 30`) never drains by itself: release that wait too.
+    out.abort();
   };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const out = new Output(process.stdout, onSignal);
 
   let nBytes = 0;
   let nRecords = 0;
@@ -104,20 +108,34 @@ export async function main(argv: string[], name = 'oklog testsvc'): Promise<numb
           setTimeout(r, delay);
         });
         wake = null;
+      } else {
+        // Behind schedule (-rate beyond what we can produce): without a trip through the event
+        // loop once per cycle, signals would never be handled.
+        await new Promise<void>((r) => setImmediate(r));
       }
       if (stop) break;
       // Like Go's time.Tick, a producer that fell more than a cycle behind skips ticks, not bursts.
       next = Math.max(next + cycleMs, performance.now());
-      const parts: Buffer[] = [];
-      for (let i = 0; i < recordsPerCycle; i++) {
-        count++;
-        const prefix = `${formatRfc3339Local(Date.now())}${idPart}${String(count).padStart(9, '0')} `;
-        parts.push(Buffer.from(prefix), bodies[count % bodies.length], nl);
+      // A cycle goes out in chunks: a huge -rate makes cycles of millions of records, which must
+      // neither be built in memory at once nor keep signals waiting until they are done.
+      for (let done = 0; done < recordsPerCycle && !stop; ) {
+        const n = Math.min(CHUNK_RECORDS, recordsPerCycle - done);
+        const parts: Buffer[] = [];
+        for (let i = 0; i < n; i++) {
+          count++;
+          const prefix = `${formatRfc3339Local(Date.now())}${idPart}${String(count).padStart(9, '0')} `;
+          parts.push(Buffer.from(prefix), bodies[count % bodies.length], nl);
+        }
+        const data = Buffer.concat(parts);
+        if (!(await out.write(data))) {
+          stop = true;
+          break;
+        }
+        nBytes += data.length;
+        nRecords += n;
+        done += n;
+        if (done < recordsPerCycle) await new Promise<void>((r) => setImmediate(r));
       }
-      const data = Buffer.concat(parts);
-      if (!(await out.write(data))) break;
-      nBytes += data.length;
-      nRecords += recordsPerCycle;
     }
   } finally {
     clearInterval(stats);

@@ -292,3 +292,123 @@ test('stream: SIGINT ends it quietly with exit 0; errors are one line', async ()
   assert.match(h.stdout, /oklog stream \[flags\]/);
   assert.match(h.stdout, /-window 3s/);
 });
+
+/** A store whose query body ends with trailers naming a node that failed mid-body. */
+function failingTrailers(res: ServerResponse, body: string) {
+  res.setHeader('Trailer', 'X-Oklog-Records-Matched, X-Oklog-Error-Count, X-Oklog-Failed-Nodes');
+  storeHeaders(res, 200, { 'X-Oklog-Records-Matched': '' });
+  res.write(body);
+  res.addTrailers({
+    'X-Oklog-Records-Matched': '3',
+    'X-Oklog-Error-Count': '1',
+    'X-Oklog-Failed-Nodes': 'store-c:7650',
+  });
+  res.end();
+}
+
+test('-limit: reaching the limit still reads the trailers, so a failed node is reported (exit 3)', async () => {
+  const late = await FakeHttp.start();
+  try {
+    late.handler = (_req, res) => failingTrailers(res, BODY);
+    // The store stops at the limit (3 here); an old one that ignores it sends more (limit 2).
+    for (const limit of ['3', '2']) {
+      const r = await run('cli/oklogctl.ts', ['query', '-limit', limit, '-store', late.address]);
+      assert.equal(r.code, 3, r.stderr);
+      assert.equal(r.stdout.split('\n').length - 1, Number(limit), 'no more than -limit printed');
+      assert.match(r.stderr, /warning: partial results: 1 store node\(s\) did not answer: store-c:7650\n$/);
+    }
+  } finally {
+    await late.close();
+  }
+});
+
+test('-nocopy: the body is read but not printed; trailers still count', async () => {
+  const r = await query(['-nocopy']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, '');
+  assert.equal(store.requests.at(-1)!.method, 'GET');
+  const late = await FakeHttp.start();
+  try {
+    late.handler = (_req, res) => failingTrailers(res, BODY);
+    const f = await run('cli/oklogctl.ts', ['query', '-nocopy', '-store', late.address]);
+    assert.equal(f.code, 3);
+    assert.equal(f.stdout, '');
+    assert.match(f.stderr, /did not answer: store-c:7650\n$/);
+  } finally {
+    await late.close();
+  }
+});
+
+test('a response cut off mid-body: query fails naming the node; stream ends with exit 0 and a note', async () => {
+  const cut = await FakeHttp.start();
+  try {
+    cut.handler = (_req, res) => {
+      storeHeaders(res);
+      res.write(records[0]);
+      // The node dies (or stops) mid-response: no chunked terminator.
+      setTimeout(() => res.socket?.destroy(), 50);
+    };
+    const q = await run('cli/oklogctl.ts', ['query', '-store', cut.address]);
+    assert.equal(q.code, 1);
+    assert.equal(q.stdout, 'default hello 100% world\n');
+    assert.equal(
+      q.stderr,
+      `oklogctl query: GET http://${cut.address}/store/query: the node closed the connection mid-response after 1 record(s); the results are incomplete\n`,
+    );
+    const s = await run('cli/oklogctl.ts', ['stream', '-store', cut.address]);
+    assert.equal(s.code, 0, s.stderr);
+    assert.equal(s.stdout, 'default hello 100% world\n');
+    assert.equal(
+      s.stderr,
+      `oklogctl stream: the stream ended: http://${cut.address} closed the connection mid-response (node stopped or failed)\n`,
+    );
+  } finally {
+    await cut.close();
+  }
+});
+
+test("-store '' and an inverted -from/-to are clear one-line errors", async () => {
+  const e = await run('cli/oklogctl.ts', ['query', '-store', '']);
+  assert.equal(e.code, 1);
+  assert.equal(e.stderr, 'oklogctl query: -store: empty address\n');
+  const se = await run('cli/oklogctl.ts', ['stream', '-store', ' ']);
+  assert.equal(se.code, 1);
+  assert.equal(se.stderr, 'oklogctl stream: -store: empty address\n');
+  const n = store.requests.length;
+  const inv = await query(['-from', '2024-03-02T00:00:00Z', '-to', '2024-03-01T00:00:00Z']);
+  assert.equal(inv.code, 1);
+  assert.equal(
+    inv.stderr,
+    'oklogctl query: -from (2024-03-02T00:00:00.000Z) is after -to (2024-03-01T00:00:00.000Z): nothing can match\n',
+  );
+  assert.equal(store.requests.length, n, 'nothing was sent');
+});
+
+test('stream: SIGTERM ends it while stdout is blocked', async () => {
+  const s = await FakeHttp.start();
+  try {
+    const line = `${gen.next()} default ${'s'.repeat(500)}\n`;
+    s.handler = (_req, res) => {
+      res.writeHead(200);
+      res.on('error', () => {});
+      const pump = () => {
+        while (res.write(line));
+        res.once('drain', pump);
+      };
+      pump();
+    };
+    const p = spawnTs('cli/oklogctl.ts', ['stream', '-store', s.address]);
+    try {
+      p.child.stdout!.pause(); // `oklogctl stream | sleep 30`
+      await waitFor(() => s.requests.length > 0, 'stream requested');
+      await sleep(500);
+      process.kill(-p.pid, 'SIGTERM');
+      const code = await Promise.race([p.exited, sleep(3000).then(() => 'hung')]);
+      assert.equal(code, 0);
+    } finally {
+      await p.kill('SIGKILL');
+    }
+  } finally {
+    await s.close();
+  }
+});

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { cycle, makeBodies } from '../../cli/testsvc.ts';
-import { spawnTs, waitFor } from '../helpers/index.ts';
+import { type Proc, sleep, spawnTs, waitFor } from '../helpers/index.ts';
 import { run } from './helpers.ts';
 
 test('cycle timing doubles until at least 50 ms; bodies have spaces every 5–19 chars', () => {
@@ -50,4 +50,39 @@ test('too small -size names the minimum; -h shows defaults', async () => {
   assert.match(h.stdout, /-id foo/);
   assert.match(h.stdout, /-size 512/);
   assert.match(h.stdout, /-rate 5/);
+});
+
+/** Sends SIGTERM and resolves with the exit code, or 'hung' if it is still running after 3 s. */
+async function termWithin3s(p: Proc): Promise<number | string> {
+  process.kill(-p.pid, 'SIGTERM');
+  const hung = sleep(3000).then(() => 'hung');
+  return await Promise.race([p.exited, hung]);
+}
+
+test('SIGTERM stops it while stdout is blocked (`testsvc | sleep 30`)', async () => {
+  const p = spawnTs('cli/oklog.ts', ['testsvc', '-rate', '10000']);
+  try {
+    p.child.stdout!.pause(); // nobody reads: the pipe fills and the write waits
+    await waitFor(() => p.stderr().includes('starting'), 'started');
+    await sleep(500);
+    assert.equal(await termWithin3s(p), 0);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
+test('SIGTERM stops it when -rate is more than it can produce', async () => {
+  // 1e8 records/s: cycles of 2^23 records, always behind schedule.
+  const p = spawnTs('cli/oklog.ts', ['testsvc', '-rate', '100000000', '-size', '60']);
+  try {
+    await waitFor(() => p.stdout().length > 1_000_000, 'output flowing');
+    assert.equal(await termWithin3s(p), 0);
+    const lines = p.stdout().split('\n').slice(0, -1);
+    assert.ok(
+      lines.every((l) => Buffer.byteLength(l) === 59),
+      'whole lines of -size bytes',
+    );
+  } finally {
+    await p.kill('SIGKILL');
+  }
 });
