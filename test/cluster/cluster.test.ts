@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import Fastify from 'fastify';
@@ -196,6 +196,71 @@ describe('cluster on real sockets', () => {
     // s2 could read its join, but it never answers s2's probes: it is dropped again.
     await waitFor(() => s2.cluster.size() === 2, 'the old-key node dropped', 5000, 20);
     for (const n of [s2, s3, stale]) await n.cluster.stop();
+  });
+
+  it('a wildcard bind is dual-stack: IPv4 peers are seen as IPv4, and IPv6 ones are reached too', async () => {
+    const wild = async (advertiseAddr: string, seeds: string[] = []) => {
+      const c = await startCluster({
+        bind: 'tcp://0.0.0.0:0',
+        advertiseAddr,
+        seeds,
+        type: 'store',
+        apiPort: 7650,
+        logger: silent,
+        registry: new Registry(),
+        gossip: FAST,
+        seedRetryMinMs: 200,
+        seedRetryMaxMs: 500,
+      });
+      running.push(c);
+      return c;
+    };
+    const stableAlive = async (cs: Cluster[], what: string) => {
+      await waitFor(() => cs.every((c) => c.livePeers().length === cs.length), what, 5000, 20);
+      await new Promise((r) => setTimeout(r, 800));
+      for (const c of cs)
+        assert.ok(
+          c.livePeers().every((p) => p.state === 'alive'),
+          `${what}: all alive`,
+        );
+    };
+    // IPv4: a peer bound to one IPv4 address talks to the dual-stack socket; its packets arrive
+    // IPv4-mapped, and must be taken (and answered) as plain IPv4.
+    const w4 = await wild('127.0.0.1');
+    assert.equal((w4.memberlist as unknown as { transport: { family?: string } }).transport.family, 'dual');
+    const v4 = await node('127.0.0.2', [`127.0.0.1:${w4.advertise.port}`]);
+    await stableAlive([w4, v4.cluster], 'IPv4 peer');
+    assert.deepEqual(
+      w4
+        .livePeers()
+        .map((p) => p.gossipAddr)
+        .sort(),
+      [`127.0.0.1:${w4.advertise.port}`, `127.0.0.2:${v4.cluster.advertise.port}`],
+    );
+    assert.equal(await metricValue(v4.registry, 'oklog_cluster_probes_total', { result: 'failed' }), 0);
+    // IPv6: the same kind of socket reached over ::1 by a peer bound to ::1 only (where the
+    // machine has IPv6 at all).
+    const hasIpv6 = Object.values(networkInterfaces()).some((l) => l?.some((a) => a.address === '::1'));
+    if (!hasIpv6) {
+      for (const c of [w4, v4.cluster]) await c.stop();
+      return;
+    }
+    const w6 = await wild('::1');
+    const v6 = await startCluster({
+      bind: 'tcp://[::1]:0',
+      seeds: [`[::1]:${w6.advertise.port}`],
+      type: 'ingest',
+      apiPort: 7651,
+      logger: silent,
+      registry: new Registry(),
+      gossip: FAST,
+      seedRetryMinMs: 200,
+      seedRetryMaxMs: 500,
+    });
+    running.push(v6);
+    await stableAlive([w6, v6], 'IPv6 peer');
+    assert.deepEqual(v6.current('store'), ['[::1]:7650']);
+    for (const c of [w4, v4.cluster, w6, v6]) await c.stop();
   });
 
   it('start-up errors are typed and clear', async () => {

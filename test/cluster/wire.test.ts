@@ -7,9 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { apiHostPort } from '../../node/cluster/cluster.ts';
 import { decryptPayload, encryptPayload, Keyring } from '../../node/cluster/crypto.ts';
 import { GossipDecodeError, KeyFileError, TruncatedError } from '../../node/cluster/errors.ts';
-import { bytesToIp, ipToBytes } from '../../node/cluster/ip.ts';
+import { bytesToIp, ipToBytes, unmapAddrBytes, unmapIp } from '../../node/cluster/ip.ts';
 import { lzwCompress, lzwDecompress } from '../../node/cluster/lzw.ts';
 import { decodeValue, MsgWriter, STRUCT_LIMITS } from '../../node/cluster/msgpack.ts';
 import { decodePacket, encodePacket } from '../../node/cluster/packet.ts';
@@ -453,5 +454,40 @@ describe('packet and stream pipelines', () => {
     assert.equal(bytesToIp(ipToBytes('2001:db8::1')), '2001:db8::1');
     assert.equal(ipToBytes('nope'), null);
     assert.equal(bytesToIp(Buffer.alloc(5)), null);
+    // What a dual-stack socket reports for an IPv4 peer, back to IPv4; anything else unchanged.
+    assert.equal(unmapIp('::ffff:10.1.2.3'), '10.1.2.3');
+    assert.equal(unmapIp('::FFFF:127.0.0.1'), '127.0.0.1');
+    assert.equal(unmapIp('10.1.2.3'), '10.1.2.3');
+    assert.equal(unmapIp('fd00::2'), 'fd00::2');
+    assert.equal(unmapIp('fe80::1%eth0'), 'fe80::1%eth0');
+    assert.deepEqual(unmapAddrBytes(ipToBytes('fd00::2') as Buffer), ipToBytes('fd00::2'));
+  });
+
+  it('an IPv4-mapped 16-byte Addr on the wire is read as the 4-byte IPv4 address', () => {
+    const mapped = Buffer.concat([Buffer.alloc(10), Buffer.from([0xff, 0xff, 10, 0, 0, 7])]);
+    const a = decodeAlive(
+      encodeAlive({ incarnation: 1, node: 'n', addr: mapped, port: 7946, meta: null, vsn: VSN }).subarray(1),
+    );
+    assert.deepEqual(a.addr, Buffer.from([10, 0, 0, 7]));
+    // and re-encoded as 4 bytes, as Go memberlist sends an IPv4 member (To4()).
+    const again = decodeAlive(encodeAlive(a).subarray(1));
+    assert.equal(again.addr.length, 4);
+    const v6 = ipToBytes('fd00::7') as Buffer;
+    assert.deepEqual(
+      decodeAlive(encodeAlive({ ...a, addr: v6 }).subarray(1)).addr,
+      v6,
+      'a real IPv6 address stays 16 bytes',
+    );
+  });
+
+  it('API addresses from the peer map, as host:port: IPv6 bracketed, mapped unmapped, wildcard replaced', () => {
+    const e = (api_addr: string) => ({ type: 'store' as const, api_addr, api_port: 7650 });
+    assert.equal(apiHostPort(e('10.0.0.5'), '10.0.0.5'), '10.0.0.5:7650');
+    assert.equal(apiHostPort(e('fd00::2'), 'fd00::2'), '[fd00::2]:7650');
+    assert.equal(apiHostPort(e('[fd00::2]'), 'fd00::2'), '[fd00::2]:7650');
+    assert.equal(apiHostPort(e('::ffff:10.0.0.5'), '10.0.0.5'), '10.0.0.5:7650');
+    assert.equal(apiHostPort(e('0.0.0.0'), '10.0.0.9'), '10.0.0.9:7650');
+    assert.equal(apiHostPort(e(''), 'fd00::9'), '[fd00::9]:7650');
+    assert.equal(apiHostPort(e('api.example'), '10.0.0.9'), 'api.example:7650');
   });
 });
