@@ -10,12 +10,31 @@ import { buildApiServer } from './api/index.ts';
 import { clusterFlagSpecs, startCluster } from './cluster/index.ts';
 import type { PeerInfo, PeerRole, Peers, PeerType } from './cluster/peers.ts';
 import { createFileSystem } from './fs/index.ts';
+import { sizedIngester } from './store/local-http.ts';
 
 export type NodeMode = PeerType;
 
 // Subsystems are loaded only by the modes that use them.
 const loadIngest = () => import('./ingest/index.ts');
 const loadStore = () => import('./store/index.ts');
+
+/**
+ * In an ingeststore both halves' flags are known: refuse, before anything starts, ingest limits
+ * that would cut segments its own consumers cannot read into memory (they would be quarantined).
+ */
+async function checkSegmentLimits(values: FlagValues): Promise<void> {
+  if (Number(values['store.segment-consumers']) <= 0) return;
+  const { maxSegmentBytesFor } = await import('./store/consumer.ts');
+  const max = maxSegmentBytesFor(Number(values['store.segment-target-size']));
+  for (const name of ['ingest.segment-flush-size', 'ingest.bulk-max-size']) {
+    const v = Number(values[name]);
+    if (Number.isFinite(v) && v > max)
+      throw new InvalidArgumentError(
+        `-${name} ${v} is larger than the ${max} bytes a segment consumer reads (max(-store.segment-target-size, 512 MiB)): lower it or raise -store.segment-target-size`,
+        { flag: name, value: v, max },
+      );
+  }
+}
 
 export async function nodeFlagSpecs(mode: NodeMode): Promise<FlagSpec[]> {
   const specs: FlagSpec[] = [
@@ -57,6 +76,7 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
   const peers = new DeferredPeers();
   let clusterState: () => unknown = () => ({});
   const stateFn = () => clusterState();
+  if (mode === 'ingeststore') await checkSegmentLimits(values);
 
   const ingest =
     mode !== 'store'
@@ -86,7 +106,8 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
         registry,
         peers,
         clusterState: stateFn,
-        localIngest: ingest?.log,
+        // Sized: a claim too large for memory is found from its file before it is read.
+        localIngest: ingest ? sizedIngester(ingest.log, fs) : undefined,
       });
     }
   } catch (err) {
@@ -131,6 +152,10 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
     stopping ??= (async () => {
       logger.info('shutting down');
       await cluster?.leave(1000).catch((err: unknown) => logger.warn({ err }, 'cluster leave failed'));
+      // The store's consumers first: a batch in flight must be committed (or failed) while the
+      // ingest log still takes commits. Closing the log first hands its claims back to .flushed,
+      // the commit then fails, and the batch, already stored, is consumed again after a restart.
+      await store?.stopConsumers();
       await ingest?.stop();
       await store?.stop();
       await app.close();

@@ -17,6 +17,7 @@ import { NodeConsumerHttp } from './http-client.ts';
 import { LocalFirstHttp, type LocalIngester } from './local-http.ts';
 import { createStoreMetrics } from './metrics.ts';
 import { SegmentPublisher } from './publish.ts';
+import { FailureMemo, QUARANTINE_DIR } from './quarantine.ts';
 import { openStoreLog } from './recovery.ts';
 import { replicaReceiver, storeRoutes } from './routes.ts';
 import { defaultScanWorkers, ScanPool } from './scan-pool.ts';
@@ -26,7 +27,7 @@ import { streamRoutes } from './stream-routes.ts';
 
 export type { StoreLog } from './store-log.ts';
 
-export function storeFlagSpecs(_mode: string): FlagSpec[] {
+export function storeFlagSpecs(mode: string): FlagSpec[] {
   return [
     {
       name: 'store.path',
@@ -68,7 +69,10 @@ export function storeFlagSpecs(_mode: string): FlagSpec[] {
       name: 'store.segment-replication-factor',
       kind: 'int',
       default: 2,
-      help: 'how many copies of each segment to replicate',
+      help:
+        mode === 'ingeststore'
+          ? 'how many copies of each segment to replicate (a lone ingeststore, without -peer, uses 1 unless this is set)'
+          : 'how many copies of each segment to replicate',
     },
     {
       name: 'store.segment-retain',
@@ -119,6 +123,12 @@ export interface StartStoreOptions {
 export interface StoreHandle {
   routes: FastifyPluginAsync;
   stop(): Promise<void>;
+  /**
+   * Stops the segment consumers only (part of stop()). An ingeststore calls it before stopping
+   * its ingest log, so that a batch in flight is committed or failed while the log still takes
+   * commits: closing the log first hands the claims back, and the batch is stored twice.
+   */
+  stopConsumers(): Promise<void>;
   log: StoreLog;
 }
 
@@ -162,7 +172,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const streamMetrics = createStreamMetrics(registry);
   const metrics = createStoreMetrics(registry);
 
-  const log = await openStoreLog({ fs: opts.fs, root: String(flags['store.path']), logger, now });
+  const log = await openStoreLog({ fs: opts.fs, root: String(flags['store.path']), logger, now, metrics });
   const streams = new StreamRegistry({ logger, metrics: streamMetrics });
   // Reading a new segment back for live streams is skipped while nobody is streaming.
   const publisher = new SegmentPublisher(log, streams, logger, () => streams.hasSubscribers());
@@ -179,6 +189,9 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
     // The consumer validated every segment it merges: its own copy is not checked twice.
     replicate: replicaReceiver({ log, metrics, onReplicated }, true),
   });
+  // One memo for the node: a poison segment is quarantined on its second failure, whichever of
+  // the node's consumers saw the first.
+  const memo = new FailureMemo(now);
   const consumers = Array.from(
     { length: consumersN },
     () =>
@@ -193,7 +206,8 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
         now,
         // Segments that repeatedly fail to merge are set aside here (see quarantine.ts); the
         // store log reads only files directly in its directory.
-        quarantine: { fs: opts.fs, dir: join(log.root, 'quarantine') },
+        quarantine: { fs: opts.fs, dir: join(log.root, QUARANTINE_DIR) },
+        memo,
         http,
       }),
   );
@@ -222,15 +236,22 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
     await app.register(streamRoutes({ registry: streams, peers: opts.peers, logger }));
   };
 
+  let consumersStopping: Promise<void> | null = null;
+  const stopConsumers = () => {
+    consumersStopping ??= (async () => {
+      await Promise.all(
+        consumers.map((c) => c.stop().catch((err: unknown) => logger.warn({ err }, 'consumer stop'))),
+      );
+      http.close();
+    })();
+    return consumersStopping;
+  };
   let stopping: Promise<void> | null = null;
   const stop = () => {
     stopping ??= (async () => {
       // OK Log's order: consumers fail what they hold, the compacter stops, streams close,
       // then the log waits for writes in flight and releases its LOCK.
-      await Promise.all(
-        consumers.map((c) => c.stop().catch((err: unknown) => logger.warn({ err }, 'consumer stop'))),
-      );
-      http.close();
+      await stopConsumers();
       await compactor.stop();
       await streams.close().catch((err: unknown) => logger.warn({ err }, 'stream registry close'));
       await publisher.drain();
@@ -240,5 +261,5 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
     })();
     return stopping;
   };
-  return { routes, stop, log };
+  return { routes, stop, stopConsumers, log };
 }
