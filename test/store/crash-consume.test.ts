@@ -10,6 +10,10 @@
 // 2. One `oklog ingest` and two `oklog store` nodes, replication factor 2: the store that consumes
 //    is killed while it uploads to the other store, and again right after the other store saved
 //    its copy; restarted, it finishes, and each store holds every record.
+// 3. The same ingeststore stopped cleanly (SIGTERM) while it consumes, three times: after each
+//    stop no record is both in a store file and back at the ingester (the consumers stop before
+//    the ingest log hands its claims back), and once drained the store files hold each record
+//    exactly once (counted in the files: compaction would hide a duplicate from a query).
 //
 // Besides the query, the directories are checked: start-up recovery leaves none of the files a
 // kill left half-done (`.active`, `.reading`), the surviving peer deletes an upload cut short,
@@ -441,4 +445,73 @@ test('kill -9 of the replicating store (factor 2) mid-replication: every record 
     const bad = await assertStoreDirClean(d, viaB.lines);
     t.diagnostic(`after the drain: ${name} ${await describeDir(d)}; torn tails in .bad: ${bad}`);
   }
+});
+
+// -------------------------------------------------------------------------------------------------
+
+/** Record numbers held by the segment files with extension `ext` in `dir` (each as often as stored). */
+async function storedNumbers(dir: string, ext: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const name of (await filesByExt(dir)).get(ext) ?? []) {
+    for (const l of (await readFile(join(dir, name), 'latin1')).split('\n')) {
+      const m = RECORD.exec(l);
+      if (m) out.push(Number(m[2]));
+    }
+  }
+  return out;
+}
+
+test('SIGTERM of an ingeststore mid-consume: no batch is both stored and handed back, nothing stored twice', async (t) => {
+  const dir = await tempDir('oklog-clean-stop-');
+  const ingestDir = join(dir.path, 'ingest');
+  const storeDir = join(dir.path, 'store');
+  const ports: NodePorts = await nodePorts();
+  let node: Awaited<ReturnType<typeof startOklog>> | null = null;
+  t.after(async () => {
+    await node?.proc.kill('SIGKILL');
+    await dir.cleanup();
+  });
+  const total = 150_000;
+  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 0), { ports });
+  await sendTcp(ports.fast, numbered(total));
+  await waitBacklog(node.api, total);
+  assert.equal(await node.proc.kill('SIGTERM'), 0);
+
+  for (let round = 0; round < 3; round++) {
+    const before = count(await filesByExt(storeDir), '.flushed');
+    node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+    // Stopped while consuming: a batch stored since the start, and the next one's claims taken.
+    await until(
+      async () =>
+        count(await filesByExt(storeDir), '.flushed') > before &&
+        count(await filesByExt(ingestDir), '.pending') > 0,
+      'consuming',
+    );
+    assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
+    node = null;
+    // What the stop left on disk, before anything could consume or compact it again: the
+    // consumers stopped first, so each batch was either committed (stored, gone from the
+    // ingester) or failed back (at the ingester, not stored). Never both, which a restart would
+    // consume a second time.
+    const stored = await storedNumbers(storeDir, '.flushed');
+    const waiting = new Set(await storedNumbers(ingestDir, '.flushed'));
+    const both = stored.filter((n) => waiting.has(n));
+    assert.deepEqual(
+      both.slice(0, 5),
+      [],
+      `round ${round}: ${both.length} records both stored and at the ingester`,
+    );
+    assert.equal(new Set(stored).size, stored.length, `round ${round}: a record stored twice`);
+    assert.equal(count(await filesByExt(ingestDir), '.pending'), 0, 'no claim left outstanding');
+    assert.equal(new Set(stored).size + waiting.size, total, `round ${round}: every record once, somewhere`);
+    t.diagnostic(`round ${round}: ${stored.length} stored, ${waiting.size} still at the ingester`);
+  }
+  // Drained: the store files hold every record exactly once (counted in the files, not a query).
+  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+  await waitDrained(node.api);
+  assert.equal(await node.proc.kill('SIGTERM'), 0);
+  node = null;
+  const stored = await storedNumbers(storeDir, '.flushed');
+  assert.equal(stored.length, total);
+  assert.equal(new Set(stored).size, total);
 });

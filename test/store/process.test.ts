@@ -1,10 +1,26 @@
 // Real `oklog store` processes: memory while streaming a large result, and recovery after kill -9.
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { freePort, type Proc, spawnTs, tempDir, waitFor } from '../helpers/index.ts';
+import { type NodeMode, nodeFlagSpecs, startNode } from '../../node/main.ts';
+import { parseFlags } from '../../shared/flags.ts';
+import {
+  freePort,
+  nodePorts,
+  type Proc,
+  portFlags,
+  ROOT,
+  spawnTs,
+  startOklog,
+  tempDir,
+  waitFor,
+} from '../helpers/index.ts';
+import { captureLogger } from './consumer-fakes.ts';
 import { line, records, T0, ulidAt } from './helpers.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -221,6 +237,11 @@ test('oklog store -h lists the store flags with OK Log defaults', async () => {
   assert.equal(await p.exited, 0);
   const out = p.stdout();
   for (const f of [
+    '-debug false',
+    '-api tcp://0.0.0.0:7650',
+    '-cluster tcp://0.0.0.0:7659',
+    '-peer ...',
+    '-filesystem real',
     '-store.path data/store',
     '-store.segment-consumers 1',
     '-store.segment-target-size 134217728',
@@ -234,4 +255,310 @@ test('oklog store -h lists the store flags with OK Log defaults', async () => {
     '-ui.local false',
   ])
     assert.ok(out.includes(f), `missing ${f} in\n${out}`);
+  assert.ok(!out.includes('-ingest.'), 'a store node has no ingest flags');
+  // The lone-ingeststore default is an ingeststore matter.
+  assert.ok(!out.includes('lone ingeststore'), out);
+  const i = spawnTs('cli/oklog.ts', ['ingeststore', '-h']);
+  assert.equal(await i.exited, 0);
+  assert.match(
+    i.stdout(),
+    /-store\.segment-replication-factor 2 +how many copies of each segment to replicate \(a lone ingeststore, without -peer, uses 1 unless this is set\)/,
+  );
+});
+
+/** Starts a node in this process (real listeners on loopback) with `args` after the port flags. */
+async function inProcessNode(mode: NodeMode, args: string[]) {
+  const dir = await tempDir('oklog-node-');
+  const flags = [
+    // Port 0 everywhere: the kernel picks, so no other test (or process) can take a port first.
+    ...portFlags({ api: 0, fast: 0, durable: 0, bulk: 0, cluster: 0 }),
+    ...['-ingest.path', join(dir.path, 'ingest'), '-store.path', join(dir.path, 'store')],
+    ...args,
+  ];
+  const specs = await nodeFlagSpecs(mode);
+  const parsed = parseFlags(
+    specs,
+    mode === 'store'
+      ? flags.filter((f, i) => !f.startsWith('-ingest.') && !flags[i - 1]?.startsWith('-ingest.'))
+      : flags,
+  );
+  const { logger, lines } = captureLogger('info');
+  try {
+    const node = await startNode(mode, parsed.values, parsed.set, logger);
+    return {
+      node,
+      lines,
+      cleanup: async () => {
+        await node.stop();
+        await dir.cleanup();
+      },
+    };
+  } catch (err) {
+    await dir.cleanup();
+    throw err;
+  }
+}
+
+test('replication factor: a lone ingeststore uses 1; -peer, an explicit factor, or a store node keep theirs', async () => {
+  const unused = `127.0.0.1:${await freePort()}`; // a peer that is not there: joining is retried
+  const cases: [NodeMode, string[], number][] = [
+    ['ingeststore', [], 1],
+    ['ingeststore', ['-store.segment-replication-factor', '2'], 2],
+    ['ingeststore', ['-store.segment-replication-factor', '3'], 3],
+    ['ingeststore', ['-peer', unused], 2],
+    ['ingeststore', ['-peer', unused, '-store.segment-replication-factor', '3'], 3],
+    ['store', [], 2],
+  ];
+  for (const [mode, args, want] of cases) {
+    const n = await inProcessNode(mode, args);
+    try {
+      const started = n.lines.find((l) => l.msg === 'store started');
+      assert.equal(started?.replicationFactor, want, `${mode} ${args.join(' ')}`);
+    } finally {
+      await n.cleanup();
+    }
+  }
+});
+
+test('an ingeststore refuses ingest segment limits larger than its consumers read', async () => {
+  const big = String(600 * 1024 * 1024);
+  for (const flag of ['-ingest.segment-flush-size', '-ingest.bulk-max-size']) {
+    await assert.rejects(inProcessNode('ingeststore', [flag, big]), (err: unknown) => {
+      const e = err as { code: string; message: string };
+      assert.equal(e.code, 'OKLOG_ERR_INVALID_ARGUMENT');
+      assert.match(
+        e.message,
+        new RegExp(`^${flag} ${big} is larger than the 536870912 bytes a segment consumer reads`),
+      );
+      return true;
+    });
+  }
+  // Fine with a target size to match, or without consumers.
+  for (const args of [
+    ['-ingest.segment-flush-size', big, '-store.segment-target-size', big],
+    ['-ingest.bulk-max-size', big, '-store.segment-consumers', '0'],
+  ]) {
+    const n = await inProcessNode('ingeststore', args);
+    await n.cleanup();
+  }
+  // As a command: one clear line and exit status 1, before anything listens.
+  const p = spawnTs('cli/oklog.ts', [
+    'ingeststore',
+    '-ingest.segment-flush-size',
+    big,
+    '-api',
+    'tcp://127.0.0.1:1',
+  ]);
+  assert.equal(await p.exited, 1);
+  assert.match(p.stderr(), /oklog ingeststore: -ingest\.segment-flush-size 629145600 is larger than/);
+});
+
+async function metricValue(url: string, name: string, labels = ''): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const m = new RegExp(`^${name}${labels.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+test('-store.segment-retain and -store.segment-purge through a store process: trashed, then purged, counted', async () => {
+  const dir = await tempDir();
+  let node: { proc: Proc; url: string } | null = null;
+  try {
+    const hour = 3_600_000;
+    const old = Date.now() - 2 * hour;
+    await mkdir(join(dir.path, 'quarantine'), { recursive: true });
+    // Set-aside files older than retain + purge go too; recent ones stay.
+    const stale = new Date(Date.now() - 3 * hour);
+    await writeFile(join(dir.path, 'x.flushed.bad'), 'x\n');
+    await writeFile(
+      join(dir.path, 'quarantine', '127.0.0.1_7650-2026-12-01T055639114Z-e9bc0a156436.segment'),
+      'y\n',
+    );
+    await utimes(join(dir.path, 'x.flushed.bad'), stale, stale);
+    await utimes(
+      join(dir.path, 'quarantine', '127.0.0.1_7650-2026-12-01T055639114Z-e9bc0a156436.segment'),
+      stale,
+      stale,
+    );
+    await writeFile(join(dir.path, 'y.flushed.bad'), 'recent\n');
+    node = await startStore(dir.path, ['-store.segment-retain', '1h', '-store.segment-purge', '1s']);
+    const url = node.url;
+    assert.equal(
+      (await fetch(`${url}/store/replicate`, { method: 'POST', body: records(old, 10) })).status,
+      200,
+    );
+    const fresh = records(Date.now() - 1000, 3);
+    assert.equal((await fetch(`${url}/store/replicate`, { method: 'POST', body: fresh })).status, 200);
+    const flushedNames = async () => (await readdir(dir.path)).filter((n) => n.endsWith('.flushed'));
+    const oldName = `${ulidAt(old)}-${ulidAt(old + 9)}`;
+    await waitFor(
+      async () => (await readdir(dir.path)).includes(`${oldName}.trashed`),
+      'the old segment trashed',
+      20_000,
+    );
+    assert.ok((await metricValue(url, 'oklog_store_trashed_segments', '{success="true"}')) >= 1);
+    await waitFor(
+      async () => !(await readdir(dir.path)).some((n) => n.startsWith(oldName)),
+      'the trashed segment purged',
+      20_000,
+    );
+    assert.equal(await metricValue(url, 'oklog_store_purged_segments', '{success="true"}'), 1);
+    assert.equal((await flushedNames()).length, 1, 'the recent segment is kept');
+    const r = await fetch(`${url}/store/query?from=${iso(old - hour)}&to=${iso(Date.now() + 1000)}`);
+    assert.equal(await r.text(), fresh);
+    const left = await readdir(dir.path);
+    assert.ok(!left.includes('x.flushed.bad') && left.includes('y.flushed.bad'), left.join(' '));
+    assert.deepEqual(await readdir(join(dir.path, 'quarantine')), []);
+    assert.equal(await metricValue(url, 'oklog_store_swept_files_total', '{kind="bad"}'), 1);
+    assert.equal(await metricValue(url, 'oklog_store_swept_files_total', '{kind="quarantine"}'), 1);
+    assert.equal(await node.proc.kill('SIGTERM'), 0);
+    node = null;
+  } finally {
+    await node?.proc.kill('SIGKILL');
+    await dir.cleanup();
+  }
+});
+
+/** Sends `data` on one TCP connection and closes it. */
+function sendTcp(port: number, data: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1' }, () => s.end(data));
+    s.on('error', reject);
+    s.resume();
+    s.on('close', () => resolve());
+  });
+}
+
+/** Every record of the last hour through `/store/query`, with the ingester's ULIDs stripped. */
+async function queryAll(api: string): Promise<string[]> {
+  const r = await fetch(
+    `${api}/store/query?from=${iso(Date.now() - 3_600_000)}&to=${iso(Date.now() + 1000)}`,
+  );
+  assert.equal(r.status, 200);
+  const body = await r.text();
+  const lines = body === '' ? [] : body.trimEnd().split('\n');
+  const ids = lines.map((l) => l.slice(0, 26));
+  assert.deepEqual(ids, [...new Set(ids)].sort(), 'ULIDs strictly increasing');
+  return lines.map((l) => l.slice(27));
+}
+
+test('-store.segment-consumers 3 in an ingeststore: every record exactly once, a poison segment quarantined once', async () => {
+  const dir = await tempDir('oklog-consumers-');
+  let node: Awaited<ReturnType<typeof startOklog>> | null = null;
+  try {
+    const ingestDir = join(dir.path, 'ingest');
+    await mkdir(ingestDir, { recursive: true });
+    // An ingest segment the consumers cannot merge (from a misbehaving writer, say).
+    const poison = `${ulidAt(Date.now())} default fine\nshort\n`;
+    await writeFile(join(ingestDir, `${randomUUID()}.flushed`), poison);
+    node = await startOklog('ingeststore', [
+      ...['-ingest.path', ingestDir, '-store.path', join(dir.path, 'store')],
+      ...['-ingest.segment-flush-size', '16384', '-ingest.segment-flush-age', '50ms'],
+      ...['-store.segment-consumers', '3', '-store.segment-target-size', '65536'],
+      ...['-store.segment-target-age', '100ms', '-store.segment-delay', '10ms'],
+    ]);
+    const total = 20_000;
+    const lines: string[] = [];
+    for (let i = 0; i < total; i++) lines.push(`rec-${String(i).padStart(6, '0')}`);
+    // Four connections at once: four writers, many small segments for the three consumers.
+    await Promise.all(
+      [0, 1, 2, 3].map((k) =>
+        sendTcp(
+          node?.ports.fast ?? 0,
+          lines
+            .filter((_, i) => i % 4 === k)
+            .map((l) => `${l}\n`)
+            .join(''),
+        ),
+      ),
+    );
+    const api = node.api;
+    await waitFor(async () => (await queryAll(api)).length >= total, 'every record stored', 60_000);
+    await waitFor(
+      async () => (await readdir(join(dir.path, 'store', 'quarantine')).catch(() => [])).length === 1,
+      'the poison segment quarantined',
+    );
+    const got = await queryAll(api);
+    assert.equal(got.length, total, 'no record twice');
+    assert.deepEqual(got.map((l) => l.slice('default '.length)).sort(), lines);
+    // One memo for the node: failed back once, then quarantined, whichever consumer took it.
+    const err = node.proc.stderr();
+    assert.equal(err.split('cannot be consumed; failed back').length - 1, 1, err);
+    assert.equal(err.split('quarantined after repeated merge failures').length - 1, 1);
+    const [q] = await readdir(join(dir.path, 'store', 'quarantine'));
+    assert.equal(await readFile(join(dir.path, 'store', 'quarantine', q), 'utf8'), poison);
+    assert.equal(await node.proc.kill('SIGTERM'), 0);
+    node = null;
+  } finally {
+    await node?.proc.kill('SIGKILL');
+    await dir.cleanup();
+  }
+});
+
+test('npm start: an ingeststore on the default ports with ./data, which stores and answers queries', async () => {
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as {
+    scripts: { start: string };
+  };
+  // `npm start` is this command: the default ports (7650-7653), gossip on loopback 7659, ./data.
+  assert.equal(pkg.scripts.start, 'node cli/oklog.js ingeststore -cluster tcp://127.0.0.1:7659');
+  // It runs from a temp copy of the package (symlinks to the code), so ./data is a temp dir, and
+  // with the ports moved to free ones (flags given twice: the last wins), so nothing here can
+  // collide with another test or a node running on this machine.
+  const dir = await tempDir('oklog-npm-start-');
+  let proc: Proc | null = null;
+  try {
+    await writeFile(join(dir.path, 'package.json'), JSON.stringify(pkg));
+    for (const d of ['cli', 'node', 'shared', 'node_modules'])
+      await symlink(join(ROOT, d), join(dir.path, d));
+    const ports = await nodePorts();
+    const child = spawn('npm', ['start', '--', ...portFlags(ports)], {
+      cwd: dir.path,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true, // its own process group: npm, sh and node are all stopped together
+    });
+    let err = '';
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+    });
+    child.stdout?.resume();
+    const exited = new Promise<number | string>((res) =>
+      child.on('exit', (code, sig) => res(code ?? sig ?? -1)),
+    );
+    proc = {
+      child,
+      pid: child.pid ?? -1,
+      stdout: () => '',
+      stderr: () => err,
+      exited,
+      kill: async (signal: NodeJS.Signals = 'SIGTERM') => {
+        try {
+          process.kill(-(child.pid ?? 0), signal);
+        } catch {}
+        return exited;
+      },
+    };
+    const api = `http://127.0.0.1:${ports.api}`;
+    await waitFor(
+      async () => {
+        if (child.exitCode !== null) throw new Error(`npm start exited: ${err}`);
+        return (await fetch(`${api}/health`)).ok;
+      },
+      'npm start /health',
+      60_000,
+    );
+    await sendTcp(ports.fast, 'hello from npm start\nsecond line\n');
+    // Factor 1 (a lone ingeststore), so the records become queryable with no other node.
+    await waitFor(async () => (await queryAll(api)).length === 2, 'the records queryable', 30_000);
+    assert.deepEqual(await queryAll(api), ['default hello from npm start', 'default second line']);
+    assert.ok((await readdir(join(dir.path, 'data', 'store'))).some((n) => n.endsWith('.flushed')));
+    assert.ok((await readdir(join(dir.path, 'data'))).includes('ingest'));
+    // Ctrl-C: a clean stop of the node (npm itself reports the signal its way).
+    process.kill(-(child.pid ?? 0), 'SIGINT');
+    await waitFor(() => err.includes('shutdown complete'), 'a clean shutdown', 20_000);
+    await exited;
+    proc = null;
+    assert.ok(!(await readdir(join(dir.path, 'data', 'store'))).includes('LOCK'), 'the store LOCK released');
+  } finally {
+    await proc?.kill('SIGKILL');
+    await dir.cleanup();
+  }
 });
