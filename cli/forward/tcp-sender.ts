@@ -225,6 +225,8 @@ export class TcpSender {
   /** A connection was lost after our EOF and nothing could be sent again (window off). */
   private endLost = false;
   private unconfirmedAtEnd = 0;
+  /** Records written on the current connection (what a window-less reset may have lost). */
+  private connRecords = 0;
 
   constructor(private readonly o: TcpSenderOptions) {
     this.window = new ResendWindow({ maxBytes: o.resendWindowBytes, maxAgeMs: o.resendWindowMs });
@@ -275,6 +277,7 @@ export class TcpSender {
         continue;
       }
       this.retrying.success(target.raw);
+      this.connRecords = 0;
       log.info('connected', { target: target.raw, addr: `${ep.host}:${ep.port}` });
       const outcome = await this.pump(conn);
       if (outcome === 'stopped') {
@@ -303,8 +306,12 @@ export class TcpSender {
           });
           return 'unconfirmed';
         }
-        // A reset after our EOF: the ingester did not read everything. Send the window again.
-        if (!this.window.enabled) this.endLost = true;
+        // A reset after our EOF: the ingester did not read everything. Send the window again;
+        // without one, all we can say is how many records that connection carried.
+        if (!this.window.enabled) {
+          this.endLost = true;
+          this.unconfirmedAtEnd += this.connRecords;
+        }
       }
       conn.destroy();
       metrics.disconnects.inc();
@@ -363,6 +370,7 @@ export class TcpSender {
         metrics.bytes.inc(batch.bytes);
       }
       backoff.reset();
+      this.connRecords += batch.records;
       this.window.add(batch, performance.now(), pressured);
     }
   }

@@ -277,6 +277,24 @@ test('end of input: an ingester that never confirms gives a warning with a count
   assert.match(r.stderr, /level=error msg="records written but not confirmed by the ingester" records=5000/);
 });
 
+test('end of input with -resend-window 0: a reset before the ingester confirmed is exit 1, not 0', async () => {
+  const s = await sink();
+  s.pause();
+  const p = startForward(['-resend-window', '0', s.address]);
+  try {
+    await writeStdin(p, numberedLines(3000));
+    p.child.stdin!.end();
+    await waitFor(() => p.stderr().includes('msg=connected'), 'connected');
+    await sleep(300);
+    await s.close(); // RST: the unread records are gone, and there is no window to send again
+    assert.equal(await p.exited, 1, p.stderr());
+    assert.match(p.stderr(), /records in socket buffers may be lost \(-resend-window 0\)/);
+    assert.match(p.stderr(), /records written but not confirmed by the ingester" records=3000/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
 test('no ingester reachable: one rate-limited warning and retrying; -give-up exits 1 with a count', async () => {
   const dead = await freePort();
   const p = startForward([`127.0.0.1:${dead}`]);
