@@ -18,15 +18,28 @@ export type NodeMode = PeerType;
 const loadIngest = () => import('./ingest/index.ts');
 const loadStore = () => import('./store/index.ts');
 
+const SEGMENT_LIMIT_FLAGS = ['ingest.segment-flush-size', 'ingest.bulk-max-size'];
+
 /**
  * In an ingeststore both halves' flags are known: refuse, before anything starts, ingest limits
  * that would cut segments its own consumers cannot read into memory (they would be quarantined).
+ * An ingest node cannot know its store nodes' target size: beyond the smallest limit any store
+ * node has (512 MiB) it warns.
  */
-async function checkSegmentLimits(values: FlagValues): Promise<void> {
+async function checkSegmentLimits(mode: NodeMode, values: FlagValues, logger: Logger): Promise<void> {
+  const { MIN_SEGMENT_LIMIT: floor, maxSegmentBytesFor } = await import('./store/limits.ts');
+  if (mode === 'ingest') {
+    for (const name of SEGMENT_LIMIT_FLAGS)
+      if (Number(values[name]) > floor)
+        logger.warn(
+          { flag: name, value: Number(values[name]), max: floor },
+          `-${name} is above ${floor} bytes: store nodes whose -store.segment-target-size is smaller quarantine such segments instead of storing them`,
+        );
+    return;
+  }
   if (Number(values['store.segment-consumers']) <= 0) return;
-  const { maxSegmentBytesFor } = await import('./store/consumer.ts');
   const max = maxSegmentBytesFor(Number(values['store.segment-target-size']));
-  for (const name of ['ingest.segment-flush-size', 'ingest.bulk-max-size']) {
+  for (const name of SEGMENT_LIMIT_FLAGS) {
     const v = Number(values[name]);
     if (Number.isFinite(v) && v > max)
       throw new InvalidArgumentError(
@@ -76,7 +89,7 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
   const peers = new DeferredPeers();
   let clusterState: () => unknown = () => ({});
   const stateFn = () => clusterState();
-  if (mode === 'ingeststore') await checkSegmentLimits(values);
+  if (mode !== 'store') await checkSegmentLimits(mode, values, logger);
 
   const ingest =
     mode !== 'store'

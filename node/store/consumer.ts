@@ -34,6 +34,7 @@ import {
   NodeConsumerHttp,
   type SpillSink,
 } from './http-client.ts';
+import { maxSegmentBytesFor } from './limits.ts';
 import { LogLimiter } from './log-limiter.ts';
 import { Placement } from './placement.ts';
 import {
@@ -156,15 +157,6 @@ interface Claim {
 /** Memo key of a segment too large to read (its bytes, hence its hash, are never in memory). */
 function oversizeKey(ingester: string, size: number): string {
   return `${ingester} oversize ${size}`;
-}
-
-/**
- * The largest ingest segment a consumer reads into memory: the target size, but at least 512 MiB
- * (ingest nodes cut segments at 16 MiB and bulk uploads at 64 MiB by default). Larger ones are
- * quarantined on their second attempt, streamed to disk.
- */
-export function maxSegmentBytesFor(targetSize: number): number {
-  return Math.max(targetSize, 512 * 1024 * 1024);
 }
 
 /** Claim ids are UUIDs; anything else in a 200 body means the peer is not an ingest node. */

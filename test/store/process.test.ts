@@ -276,11 +276,11 @@ async function inProcessNode(mode: NodeMode, args: string[]) {
     ...args,
   ];
   const specs = await nodeFlagSpecs(mode);
+  // Each mode gets the flags of the halves it has.
+  const other = mode === 'store' ? '-ingest.' : mode === 'ingest' ? '-store.' : null;
   const parsed = parseFlags(
     specs,
-    mode === 'store'
-      ? flags.filter((f, i) => !f.startsWith('-ingest.') && !flags[i - 1]?.startsWith('-ingest.'))
-      : flags,
+    other === null ? flags : flags.filter((f, i) => !f.startsWith(other) && !flags[i - 1]?.startsWith(other)),
   );
   const { logger, lines } = captureLogger('info');
   try {
@@ -341,6 +341,15 @@ test('an ingeststore refuses ingest segment limits larger than its consumers rea
     const n = await inProcessNode('ingeststore', args);
     await n.cleanup();
   }
+  // An ingest node cannot know its store nodes' target size: it only warns.
+  const ing = await inProcessNode('ingest', ['-ingest.segment-flush-size', big]);
+  await ing.cleanup();
+  const warn = ing.lines.find((l) => l.flag === 'ingest.segment-flush-size');
+  assert.equal(warn?.level, 40);
+  assert.match(
+    String(warn?.msg),
+    /store nodes whose -store\.segment-target-size is smaller quarantine such segments/,
+  );
   // As a command: one clear line and exit status 1, before anything listens.
   const p = spawnTs('cli/oklog.ts', [
     'ingeststore',
