@@ -6,6 +6,7 @@ import { collectDefaultMetrics, Registry } from 'prom-client';
 import { parseAddr } from '../shared/addr.ts';
 import { describeError, InvalidArgumentError } from '../shared/errors.ts';
 import { type FlagSpec, type FlagValues, parseFlags, usage } from '../shared/flags.ts';
+import { listenHost } from '../shared/listen.ts';
 import { buildApiServer } from './api/index.ts';
 import { clusterFlagSpecs, startCluster } from './cluster/index.ts';
 import type { PeerInfo, PeerRole, Peers, PeerType } from './cluster/peers.ts';
@@ -86,6 +87,10 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
   collectDefaultMetrics({ register: registry });
   const fs = createFileSystem(String(values.filesystem));
   const api = parseAddr(String(values.api), 7650);
+  if (!['tcp', 'tcp4', 'tcp6'].includes(api.network))
+    throw new InvalidArgumentError(
+      `-api: unsupported network ${JSON.stringify(api.network)}; use tcp://host:port`,
+    );
   const peers = new DeferredPeers();
   let clusterState: () => unknown = () => ({});
   const stateFn = () => clusterState();
@@ -148,7 +153,7 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
     peers.target = cluster;
     clusterState = () => cluster?.clusterState();
     await app.register(cluster.routes);
-    await app.listen({ host: api.host === '' ? '0.0.0.0' : api.host, port: api.port });
+    await app.listen({ ...(await listenHost(api)), port: api.port });
   } catch (err) {
     await app.close().catch(() => {});
     await cluster?.stop().catch(() => {});

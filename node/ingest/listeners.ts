@@ -8,6 +8,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { parseAddr } from '../../shared/addr.ts';
 import { InvalidArgumentError } from '../../shared/errors.ts';
+import { listenHost } from '../../shared/listen.ts';
 import type { IngestContext } from './context.ts';
 import { ListenError } from './errors.ts';
 import type { Framed, LineFramer } from './line-reader.ts';
@@ -178,10 +179,10 @@ export async function listen(spec: ListenSpec, onConnection: (socket: Socket) =>
     socket.on('error', () => {});
     onConnection(socket);
   });
-  const host = addr.host === '' ? (addr.network === 'tcp6' ? '::' : '0.0.0.0') : addr.host;
+  const { host, ipv6Only } = await listenHost(addr);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen({ host, port: addr.port, ipv6Only: addr.network === 'tcp6' }, () => {
+    server.listen({ host, port: addr.port, ipv6Only }, () => {
       server.off('error', reject);
       resolve();
     });
