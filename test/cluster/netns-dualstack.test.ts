@@ -34,9 +34,7 @@ const latest = new Map<string, { status?: number; body?: string; error?: string 
 
 function startStore(i: number, ns: string): ChildProcess {
   const args = [join(ROOT, 'cli/oklog.ts'), 'store', '-store.path', join(dir?.path ?? '', `n${i}`)];
-  // The API on :: (dual-stack) so that its gossiped IPv6 address can be reached: node/main.ts
-  // listens IPv4-only for the default 0.0.0.0.
-  args.push('-api', 'tcp://[::]:7650');
+  // Every listener at its default (0.0.0.0, dual-stack): the gossiped IPv6 API address is reached.
   if (i > 1) args.push('-peer', v4(1));
   const child = lab.spawnNode(ns, args);
   child.stderr?.setEncoding('utf8').on('data', (d: string) => {
