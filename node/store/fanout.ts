@@ -34,6 +34,8 @@ export interface LocalNode {
 export interface FailedNode {
   node: string;
   reason: string;
+  /** The status it answered with, when it answered (503: busy, retry shortly). */
+  status?: number;
 }
 
 export interface FanoutResult {
@@ -76,7 +78,7 @@ export class Fanout {
           : this.ask(node, method, rawQuery, signal)
         ).then(
           (a): NodeAnswer | FailedNode => a,
-          (err): FailedNode => ({ node, reason: describeError(err) }),
+          (err): FailedNode => ({ node, reason: describeError(err), status: statusOf(err) }),
         ),
       ),
     );
@@ -118,9 +120,10 @@ export class Fanout {
       req.once('response', (res) => {
         clearTimeout(timer);
         if (res.statusCode !== 200 && res.statusCode !== 206) {
+          const status = res.statusCode;
           readSome(res).then(
-            (text) => reject(new Error(`status ${res.statusCode}: ${text.trim()}`)),
-            () => reject(new Error(`status ${res.statusCode}`)),
+            (text) => reject(Object.assign(new Error(`status ${status}: ${text.trim()}`), { status })),
+            () => reject(Object.assign(new Error(`status ${status}`), { status })),
           );
           return;
         }
@@ -149,6 +152,11 @@ export class Fanout {
   close(): void {
     this.agent.destroy();
   }
+}
+
+function statusOf(err: unknown): number | undefined {
+  const s = (err as { status?: unknown }).status;
+  return typeof s === 'number' ? s : undefined;
 }
 
 function readSome(res: IncomingMessage): Promise<string> {

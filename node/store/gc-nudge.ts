@@ -32,3 +32,42 @@ export class GcNudge {
     getGc()?.({ type: 'minor' });
   }
 }
+
+/**
+ * A full collection now, where `gc` can be reached (a scan worker gone idle: the buffers it
+ * dropped are freed now rather than whenever V8 next feels memory pressure, which an idle
+ * thread never does).
+ */
+export function collectGarbage(): void {
+  const gc = getGc();
+  // Twice: V8 sweeps dead ArrayBuffers' memory after a collection and frees it at the next one.
+  // `execution: 'sync'`: without it the options form only schedules the collection.
+  gc?.({ type: 'major', execution: 'sync' });
+  gc?.({ type: 'major', execution: 'sync' });
+}
+
+/**
+ * A full collection once the node has had no query for `delayMs`: the read-ahead and response
+ * buffers of finished queries are external memory that V8 frees only at a collection, and an
+ * idle process does not collect, so RSS would stay at its high-water mark.
+ */
+export class IdleCollector {
+  private active = 0;
+  private timer: NodeJS.Timeout | null = null;
+  constructor(private readonly delayMs = 1000) {}
+
+  begin(): void {
+    this.active++;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  end(): void {
+    if (--this.active > 0) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.active === 0) collectGarbage();
+    }, this.delayMs);
+    this.timer.unref();
+  }
+}

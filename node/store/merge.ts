@@ -19,6 +19,11 @@ export interface MergeOptions {
   onInputError?: (index: number, err: unknown) => void;
   /** Output chunks are batched up to about this many bytes (fewer, larger writes downstream). */
   outputChunkBytes?: number;
+  /**
+   * Shortest line accepted (default: a ULID and a space). A ULID alone (26) for the ULID-only
+   * answers a fan-out HEAD counts; whole records pass that check too.
+   */
+  minLineBytes?: number;
 }
 
 /** Shortest line the merge accepts: a ULID and the space after it. */
@@ -55,7 +60,7 @@ function malformed(index: number, what: string): MalformedRecordError {
 }
 
 /** Loads the cursor's next non-empty chunk; false at the end of its input. */
-async function load(c: Cursor): Promise<boolean> {
+async function load(c: Cursor, minLine: number): Promise<boolean> {
   for (;;) {
     const r = await c.it.next();
     if (r.done) return false;
@@ -63,7 +68,7 @@ async function load(c: Cursor): Promise<boolean> {
     if (buf.length === 0) continue;
     if (buf[buf.length - 1] !== NEWLINE) throw malformed(c.index, 'chunk does not end with a newline');
     const e = buf.indexOf(NEWLINE);
-    if (e < MIN_LINE) throw malformed(c.index, 'line shorter than a ULID and a space');
+    if (e < minLine) throw malformed(c.index, 'line shorter than a ULID and a space');
     c.buf = buf;
     c.pos = 0;
     c.end = e;
@@ -78,6 +83,7 @@ async function load(c: Cursor): Promise<boolean> {
  */
 export async function* mergeSorted(inputs: ChunkSource[], opts: MergeOptions = {}): AsyncGenerator<Buffer> {
   const chunkBytes = opts.outputChunkBytes ?? 256 * 1024;
+  const minLine = opts.minLineBytes ?? MIN_LINE;
   const cursors = inputs.map((src, i) => new Cursor(toIterator(src), i));
   const live = new Set(cursors);
   const heap = new MinHeap<Cursor>(less);
@@ -95,7 +101,7 @@ export async function* mergeSorted(inputs: ChunkSource[], opts: MergeOptions = {
   };
   const fill = async (c: Cursor): Promise<boolean> => {
     try {
-      if (await load(c)) return true;
+      if (await load(c, minLine)) return true;
       live.delete(c);
       return false;
     } catch (err) {
@@ -136,7 +142,7 @@ export async function* mergeSorted(inputs: ChunkSource[], opts: MergeOptions = {
           break;
         }
         const e = c.buf.indexOf(NEWLINE, c.pos);
-        if (e - c.pos < MIN_LINE) {
+        if (e - c.pos < minLine) {
           bad = malformed(c.index, 'line shorter than a ULID and a space');
           break;
         }

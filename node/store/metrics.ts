@@ -17,6 +17,10 @@ export interface StoreMetrics {
   badLines: Counter;
   /** Set-aside files (`*.bad`, `quarantine/*`) deleted after retain + purge. */
   sweptFiles: Counter<'kind'>;
+  /** Lines that are not records, skipped by query scans (they never match). */
+  queryMalformedLines: Counter;
+  /** Queries refused (503) because too many were waiting for read-ahead memory. */
+  queryBusy: Counter;
 }
 
 function shared<T>(registry: Registry, name: string, make: () => T): T {
@@ -132,6 +136,26 @@ export function createStoreMetrics(registry: Registry): StoreMetrics {
           name: 'oklog_store_swept_files_total',
           help: 'Set-aside files deleted after retain + purge, by kind (bad, quarantine).',
           labelNames: ['kind'],
+          registers,
+        }),
+    ),
+    queryMalformedLines: shared(
+      registry,
+      'oklog_store_query_malformed_lines_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_query_malformed_lines_total',
+          help: 'Lines in segment files that are not records (no ULID and space), skipped by queries.',
+          registers,
+        }),
+    ),
+    queryBusy: shared(
+      registry,
+      'oklog_store_query_busy_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_query_busy_total',
+          help: 'Queries refused with 503 because too many were waiting for read-ahead memory.',
           registers,
         }),
     ),

@@ -3,13 +3,15 @@
 // merge within a batch (dedupe by ULID) and concatenate batches in order. Unlike OK Log, scans run
 // with bounded concurrency and bounded read-ahead, so neither file handles nor memory grow with
 // the number of segments or the size of the result.
+import { ULID_LENGTH } from '../../shared/ulid.ts';
 import type { FileSystem } from '../fs/index.ts';
+import type { Lease, MemoryBudget } from './budget.ts';
 import { countLines, ulidBytes } from './lines.ts';
-import { mergeSorted } from './merge.ts';
+import { type MergeOptions, mergeSorted } from './merge.ts';
 import { Prefetch } from './prefetch.ts';
 import type { QueryStats } from './query-headers.ts';
 import type { QueryParams } from './query-params.ts';
-import type { PoolScanJob, ScanPool } from './scan-pool.ts';
+import { newScanGroup, type PoolScan, type PoolScanJob, type ScanPool } from './scan-pool.ts';
 import { openChunkReader, type ScanFilter, scanSegment } from './segment-reader.ts';
 import type { SegmentRef, StoreLog } from './store-log.ts';
 
@@ -23,6 +25,10 @@ export interface LocalQueryOptions {
   pool?: ScanPool;
   /** Files at least twice this size are split across the scan workers (default 16 MiB). */
   splitBytes?: number;
+  /** The node-wide read-ahead budget (-store.query-memory); without it, no node-wide bound. */
+  budget?: MemoryBudget;
+  /** Told how many lines were skipped as not records (once, when the scans are done). */
+  onMalformed?: (n: number) => void;
 }
 
 /** Groups segments sorted by LOW into batches whose ranges overlap transitively. */
@@ -54,25 +60,63 @@ const REGEX_CHUNK = 128 << 10;
 const BATCH_MEMORY = 16 << 20;
 const MIN_READ_CHUNK = 64 << 10;
 
-/** Yields every source in turn (all already running); closes them all when stopped early. */
-async function* concatSources(sources: AsyncIterator<Buffer>[]): AsyncGenerator<Buffer> {
-  try {
-    for (const src of sources) {
-      for (;;) {
-        const r = await src.next();
-        if (r.done) break;
-        yield r.value;
-      }
+/**
+ * The sources one after the other (all already running). Stopping it stops them all at once,
+ * even while it waits for one: an async generator here would queue its return() behind that wait,
+ * which for a scan finding nothing lasts until the scan ends.
+ */
+class ConcatSource implements AsyncIterableIterator<Buffer> {
+  private i = 0;
+  private closed = false;
+  constructor(private readonly sources: AsyncIterator<Buffer>[]) {}
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+  async next(): Promise<IteratorResult<Buffer>> {
+    while (!this.closed && this.i < this.sources.length) {
+      const r = await this.sources[this.i].next();
+      if (!r.done) return r;
+      this.i++;
     }
-  } finally {
-    await Promise.all(sources.map((s) => Promise.resolve(s.return?.()).catch(() => {})));
+    return { value: undefined, done: true };
+  }
+  async return(): Promise<IteratorResult<Buffer>> {
+    this.closed = true;
+    await Promise.all(this.sources.map((s) => Promise.resolve(s.return?.()).catch(() => {})));
+    return { value: undefined, done: true };
   }
 }
+
+/**
+ * Bytes a scan with read-ahead budget `b` (and chunks of at most b) may hold, measured rather
+ * than hoped: on a worker, its matches posted and not yet taken (b, plus the step that crossed
+ * the budget: a chunk), the chunk its read-ahead pulled, the chunk waiting in the response's
+ * buffer for a slow client, and the worker's read buffer while it scans; on this thread, the
+ * chunk reader's ring (4 chunks), the read-ahead (b) and the response's chunk.
+ */
+function scanMemory(b: number, onWorker: boolean): number {
+  return (onWorker ? 5 : 6) * b;
+}
+
+/** Reads a count-only scan to its end (it delivers nothing). */
+async function drain(scan: AsyncIterator<Buffer>): Promise<void> {
+  while (!(await scan.next()).done) {
+    // nothing to take: next() resolves once the scan has ended
+  }
+}
+
+/** Read-ahead of later batches is taken only while this much of the node budget stays free. */
+const AHEAD_RESERVE = 0.25;
 
 export class LocalQuery {
   readonly stats: QueryStats;
   private readonly refs: SegmentRef[];
   private released = false;
+  /** The unit of fairness on the scan workers: all of this query's scans. */
+  private readonly group = newScanGroup();
+  private readonly leases = new Set<Lease>();
+  private malformed = 0;
+  private pending = 0;
 
   constructor(
     private readonly log: StoreLog,
@@ -86,8 +130,18 @@ export class LocalQuery {
     this.stats = { nodesQueried: 1, segmentsQueried: this.refs.length, maxDataSetSize: bytes, errorCount: 0 };
   }
 
-  /** Lets go of the selected segments (idempotent; also done when `records()` finishes). */
+  /**
+   * Throws QueryBusyError (503) when the node has too many queries waiting for read-ahead
+   * memory; call before the response starts.
+   */
+  admit(): void {
+    if (this.refs.length > 0) this.opts.budget?.admit();
+  }
+
+  /** Lets go of the selected segments and any read-ahead still leased (idempotent). */
   close(): void {
+    for (const l of this.leases) l.release();
+    this.leases.clear();
     if (this.released) return;
     this.released = true;
     for (const r of this.refs) r.release();
@@ -99,21 +153,114 @@ export class LocalQuery {
     return Math.max(MIN_READ_CHUNK, Math.min(this.opts.bufferSize, share));
   }
 
+  private onWorkers(fs: FileSystem): boolean {
+    return this.opts.pool !== undefined && fs.kind === 'real' && !this.filter.all;
+  }
+
+  /**
+   * Read-ahead for the files of one batch, from the node budget: the full buffers if they fit,
+   * smaller ones if the budget is short, else (`wait`) the smallest once it is this query's
+   * turn. Null: not now (`wait` false), or the query was stopped while waiting.
+   */
+  private async leaseFor(
+    files: readonly SegmentRef[],
+    wait: boolean,
+  ): Promise<{ buffer: number; lease: Lease | null } | null> {
+    const full = this.bufferFor(files.length);
+    const budget = this.opts.budget;
+    if (budget === undefined) return { buffer: full, lease: null };
+    const worker = this.onWorkers(this.log.fs);
+    const cost = (b: number) => files.length * scanMemory(b, worker);
+    const keep = wait ? 0 : budget.capacity * AHEAD_RESERVE;
+    if (budget.free - cost(full) >= keep) {
+      const l = budget.tryTake(cost(full));
+      if (l !== null) return this.hold(l, full);
+    }
+    if (!wait) return null;
+    const fit = Math.floor(budget.free / files.length / scanMemory(1, worker));
+    const b = Math.min(full, Math.max(MIN_READ_CHUNK, fit));
+    const now = budget.tryTake(cost(b));
+    if (now !== null) return this.hold(now, b);
+    const later = await budget.take(cost(MIN_READ_CHUNK), this.opts.signal);
+    return later === null ? null : this.hold(later, MIN_READ_CHUNK);
+  }
+
+  private hold(lease: Lease, buffer: number): { buffer: number; lease: Lease } {
+    this.leases.add(lease);
+    return { buffer, lease };
+  }
+
+  private giveBack(lease: Lease | null): void {
+    if (lease === null) return;
+    lease.release();
+    this.leases.delete(lease);
+  }
+
+  /** Gives a batch's lease back once all its `n` scans are done. */
+  private releaseAfter(lease: Lease | null, n: number): () => void {
+    let left = n;
+    return () => {
+      if (--left === 0) this.giveBack(lease);
+    };
+  }
+
   private scan(fs: FileSystem, ref: SegmentRef, buffer: number): AsyncIterator<Buffer> {
     const filter = this.filter;
     const chunk = Math.min(READ_CHUNK_MAX, buffer);
     const signal = this.opts.signal;
     const pool = this.opts.pool;
+    const ulids = this.params.ulids === true;
     // Workers pay off when there is work per byte (a term, a regex, a topic); an export of every
     // record is a copy, cheaper here than copied twice across threads.
-    if (pool !== undefined && fs.kind === 'real' && !filter.all) {
-      const jobs = this.poolJobs(ref, chunk, buffer, pool);
-      return jobs.length === 1 ? pool.scan(jobs[0]) : concatSources(jobs.map((j) => pool.scan(j)));
+    if (pool !== undefined && this.onWorkers(fs)) {
+      const opts = { signal, group: this.group, ulids };
+      const scans = this.poolJobs(ref, chunk, buffer, pool).map((j) => this.counted(pool.scan(j, opts)));
+      return scans.length === 1 ? scans[0] : new ConcatSource(scans);
     }
+    const onMalformed = (n: number) => {
+      this.malformed += n;
+    };
     return (async function* () {
       const reader = await openChunkReader(fs, ref.path, chunk);
-      yield* scanSegment(reader, filter, ulidBytes(ref.entry.low), ulidBytes(ref.entry.high), { signal });
+      yield* scanSegment(reader, filter, ulidBytes(ref.entry.low), ulidBytes(ref.entry.high), {
+        signal,
+        ulidsOnly: ulids,
+        onMalformed,
+      });
     })();
+  }
+
+  /** Adds a worker scan's skipped lines to the query's count when it is done. */
+  private counted(scan: PoolScan): AsyncIterator<Buffer> {
+    this.pending++;
+    let noted = false;
+    const note = () => {
+      if (noted) return;
+      noted = true;
+      this.malformed += scan.malformed;
+      if (--this.pending === 0) this.reportMalformed();
+    };
+    return {
+      next: async () => {
+        const r = await scan.next().catch((err: unknown) => {
+          note();
+          throw err;
+        });
+        if (r.done) note();
+        return r;
+      },
+      return: async () => {
+        await scan.return();
+        note();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  private reportMalformed(): void {
+    if (this.malformed === 0) return;
+    this.opts.onMalformed?.(this.malformed);
+    this.malformed = 0;
   }
 
   /**
@@ -127,8 +274,8 @@ export class LocalQuery {
       params: this.params,
       low: ref.entry.low,
       high: ref.entry.high,
-      // A worker switches between its scans between chunks: keep regex chunks (slow per byte)
-      // small, so another query's scan on the same worker waits little.
+      // Regex chunks (slow per byte) are kept small: the read buffer is held while a chunk is
+      // scanned, across time slices.
       chunk: this.params.regex ? Math.min(chunk, REGEX_CHUNK) : chunk,
       budget: buffer,
     };
@@ -163,6 +310,7 @@ export class LocalQuery {
         }
       }
     } finally {
+      this.reportMalformed();
       this.close();
     }
     return limit === null ? total : Math.min(total, limit);
@@ -172,17 +320,31 @@ export class LocalQuery {
     const e = ref.entry;
     const whole = this.filter.all && e.low >= this.params.from && e.high <= this.params.to;
     if (whole && e.records !== null) return e.records;
-    const buffer = this.bufferFor(1);
+    const leased = await this.leaseFor([ref], true);
+    if (leased === null) return 0; // stopped while waiting
+    const { buffer, lease } = leased;
     const chunk = Math.min(READ_CHUNK_MAX, buffer);
     const pool = this.opts.pool;
     let n = 0;
-    if (pool !== undefined && this.log.fs.kind === 'real') {
-      const jobs = this.poolJobs(ref, chunk, buffer, pool);
-      const counts = await Promise.all(jobs.map((j) => pool.count(j, this.opts.signal)));
-      for (const c of counts) n += c;
-    } else {
-      for await (const c of { [Symbol.asyncIterator]: () => this.scan(this.log.fs, ref, buffer) })
-        n += countLines(c);
+    try {
+      if (pool !== undefined && this.log.fs.kind === 'real') {
+        const opts = { signal: this.opts.signal, group: this.group };
+        const scans = this.poolJobs(ref, chunk, buffer, pool).map((j) => pool.countScan(j, opts));
+        try {
+          await Promise.all(scans.map((sc) => drain(sc)));
+        } finally {
+          await Promise.all(scans.map((sc) => sc.return()));
+        }
+        for (const sc of scans) {
+          n += sc.count;
+          this.malformed += sc.malformed;
+        }
+      } else {
+        for await (const c of { [Symbol.asyncIterator]: () => this.scan(this.log.fs, ref, buffer) })
+          n += countLines(c);
+      }
+    } finally {
+      this.giveBack(lease);
     }
     if (whole && !this.opts.signal?.aborted) e.records = n; // known from now on
     return n;
@@ -193,49 +355,66 @@ export class LocalQuery {
     try {
       yield* this.stream(batchSegments(this.refs));
     } finally {
+      this.reportMalformed();
       this.close();
     }
   }
 
   private async *stream(batches: SegmentRef[][]): AsyncGenerator<Buffer> {
-    const files = batches.flat();
-    const batchOf = new Map<SegmentRef, number>();
-    batches.forEach((b, i) => {
-      for (const r of b) batchOf.set(r, i);
-    });
-    const started: Prefetch[] = [];
-    let active = 0;
-    const start = (forBatch: number) => {
-      // The batch being merged needs all its files; beyond it, read ahead up to the limit.
-      while (
-        started.length < files.length &&
-        (batchOf.get(files[started.length]) === forBatch || active < this.opts.concurrency)
-      ) {
-        const ref = files[started.length];
-        const buffer = this.bufferFor(batches[batchOf.get(ref) ?? 0].length);
-        active++;
-        started.push(
-          new Prefetch(this.scan(this.log.fs, ref, buffer), buffer, () => {
-            active--;
-          }),
-        );
+    const signal = this.opts.signal;
+    const started: { batch: number; p: Prefetch; done: boolean }[] = [];
+    let nextBatch = 0;
+    const worker = this.onWorkers(this.log.fs);
+    const startBatch = (b: number, { buffer, lease }: { buffer: number; lease: Lease | null }) => {
+      const files = batches[b];
+      const free = this.releaseAfter(lease, files.length);
+      for (const ref of files) {
+        const entry = { batch: b, p: null as unknown as Prefetch, done: false };
+        // A worker scan is itself a read-ahead (bounded by its credit): one chunk more here.
+        entry.p = new Prefetch(this.scan(this.log.fs, ref, buffer), worker ? 1 : buffer, () => {
+          entry.done = true;
+          free();
+        });
+        started.push(entry);
+      }
+      nextBatch = b + 1;
+    };
+    /** Starts later batches while the query's and the node's read-ahead allow. */
+    const readAhead = async (current: number) => {
+      while (nextBatch < batches.length) {
+        let ahead = 0;
+        for (const s of started) if (s.batch > current && !s.done) ahead++;
+        if (ahead + batches[nextBatch].length > this.opts.concurrency) return;
+        const leased = await this.leaseFor(batches[nextBatch], false);
+        if (leased === null) return;
+        startBatch(nextBatch, leased);
       }
     };
     try {
-      let first = 0;
       for (let b = 0; b < batches.length; b++) {
-        if (this.opts.signal?.aborted) return;
-        start(b);
-        const inputs = started.slice(first, first + batches[b].length);
-        first += batches[b].length;
-        const source = inputs.length === 1 ? inputs[0] : mergeSorted(inputs);
+        if (signal?.aborted) return;
+        if (nextBatch === b) {
+          // The batch being merged needs all its files at once: wait for its read-ahead if the
+          // node's budget is short (this query holds none now, so the wait cannot deadlock).
+          const leased = await this.leaseFor(batches[b], true);
+          if (leased === null) return;
+          startBatch(b, leased);
+        }
+        await readAhead(b);
+        const inputs = started.filter((s) => s.batch === b).map((s) => s.p);
+        const source = inputs.length === 1 ? inputs[0] : mergeSorted(inputs, this.mergeOptions());
         for await (const chunk of source) {
           yield chunk;
-          start(b); // a finished scan freed a slot: read further ahead
+          await readAhead(b); // a finished scan freed a slot: read further ahead
         }
       }
     } finally {
-      await Promise.all(started.map((p) => p.return()));
+      await Promise.all(started.map((s) => s.p.return()));
     }
+  }
+
+  private mergeOptions(): MergeOptions {
+    // ULID-only lines are a ULID and a newline: shorter than a record.
+    return this.params.ulids === true ? { minLineBytes: ULID_LENGTH } : {};
   }
 }

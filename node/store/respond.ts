@@ -50,6 +50,8 @@ export async function pipeRecords(
     }
     if (last) break;
   }
+  // A source stopped by the abort ends like a finished one: the answer is not complete.
+  if (signal?.aborted) r.completed = false;
   return r;
 }
 

@@ -8,14 +8,17 @@ import { networkInterfaces } from 'node:os';
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { describeError } from '../../shared/errors.ts';
+import { ULID_LENGTH } from '../../shared/ulid.ts';
 import type { Peers } from '../cluster/peers.ts';
+import { MemoryBudget, QueryBusyError } from './budget.ts';
 import { NoStoreNodesError } from './errors.ts';
 import { type FailedNode, type Fanout, type LocalNode, lineAligned } from './fanout.ts';
+import { IdleCollector } from './gc-nudge.ts';
 import { mergeSorted } from './merge.ts';
 import type { StoreMetrics } from './metrics.ts';
 import { LocalQuery } from './query.ts';
 import { H, type QueryStats, queryHeaders } from './query-headers.ts';
-import { compileScanFilter, forwardedQuery, parseQueryParams } from './query-params.ts';
+import { compileScanFilter, forwardedQuery, parseQueryParams, type QueryParams } from './query-params.ts';
 import { receiveSegment } from './replicate.ts';
 import { abortWhenGone, pipeRecords } from './respond.ts';
 import type { ScanPool } from './scan-pool.ts';
@@ -36,6 +39,8 @@ export interface StoreRoutesOptions {
   pool?: ScanPool;
   /** Files at least twice this size are scanned in parallel ranges (default 16 MiB). */
   splitBytes?: number;
+  /** Read-ahead bytes all queries of this node may hold at once (-store.query-memory, 64 MiB). */
+  queryMemory?: number;
   /** Called after a replicated segment is stored (live streams). */
   onReplicated?: (entry: SegmentEntry) => void;
 }
@@ -98,20 +103,53 @@ export function replicaReceiver(
 export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   const { log, metrics } = opts;
   const receive = replicaReceiver(opts);
+  const budget = new MemoryBudget(opts.queryMemory);
+  const idle = new IdleCollector();
+
+  const localQuery = (params: QueryParams, signal: AbortSignal, logger: Pick<Logger, 'warn'>) =>
+    new LocalQuery(log, compileScanFilter(params), params, {
+      concurrency: opts.queryConcurrency,
+      bufferSize: opts.bufferSize,
+      signal,
+      pool: opts.pool,
+      splitBytes: opts.splitBytes,
+      budget,
+      onMalformed: (n) => {
+        metrics.queryMalformedLines.inc(n);
+        logger.warn({ lines: n }, 'store: query skipped lines that are not records (see StoreLog repair)');
+      },
+    });
+
+  /** Too many queries already wait for read-ahead memory: 503, try again in a second. */
+  const refuseBusy = (reply: FastifyReply, err: QueryBusyError): never => {
+    metrics.queryBusy.inc();
+    reply.header('Retry-After', String(err.retryAfterSeconds));
+    throw err;
+  };
 
   const nodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
+    idle.begin();
+    try {
+      await answerNodeQuery(req, reply);
+    } finally {
+      idle.end();
+    }
+  };
+
+  const answerNodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
     const params = parseQueryParams(rawQueryOf(req), log.now()); // 400 before anything else
     const head = req.method === 'HEAD';
     const gone = new AbortController();
     // Selecting segments may fail (503 while shutting down): still before the response is ours.
-    const q = new LocalQuery(log, compileScanFilter(params), params, {
-      concurrency: opts.queryConcurrency,
-      bufferSize: opts.bufferSize,
-      signal: gone.signal,
-      pool: opts.pool,
-      splitBytes: opts.splitBytes,
-    });
+    const q = localQuery(params, gone.signal, req.log);
+    try {
+      q.admit();
+    } catch (err) {
+      q.close();
+      if (err instanceof QueryBusyError) refuseBusy(reply, err);
+      throw err;
+    }
     const res = takeOver(reply);
     abortWhenGone(res, gone);
     try {
@@ -139,17 +177,29 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   };
 
   const userQuery = async (req: FastifyRequest, reply: FastifyReply) => {
+    idle.begin();
+    try {
+      await answerUserQuery(req, reply);
+    } finally {
+      idle.end();
+    }
+  };
+
+  const answerUserQuery = async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
     const params = parseQueryParams(rawQueryOf(req), log.now());
     const raw = forwardedQuery(rawQueryOf(req), params);
     const nodes = opts.peers.current('store');
     if (nodes.length === 0) throw new NoStoreNodesError();
     const head = req.method === 'HEAD';
-    const res = takeOver(reply);
     const gone = new AbortController();
-    abortWhenGone(res, gone);
-    // HEAD counts distinct records: with several nodes (replicas), only merging their bodies can.
-    const method = head && nodes.length > 1 ? 'GET' : req.method === 'HEAD' ? 'HEAD' : 'GET';
+    // HEAD counts distinct records: with several nodes (replicas), only merging what they hold
+    // can. They are asked for ULIDs only (`ulids=true`, 27 bytes per match, not the records);
+    // merged by ULID with dedupe and counted, the count is exact.
+    const ulids = head && nodes.length > 1;
+    const method = head && !ulids ? 'HEAD' : 'GET';
+    const nodeRaw = ulids ? `${raw === '' ? '' : `${raw}&`}ulids=true` : raw;
+    const nodeParams: QueryParams = ulids ? { ...params, ulids: true } : { ...params, ulids: false };
     const local: LocalNode = {
       // The cluster names this node's own API address exactly; the host/port guess is only for
       // peer lists that cannot (it would confuse two nodes on one port of a multi-address host).
@@ -158,20 +208,33 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
         return me ? node === me : isSelf(node, req.socket.localPort);
       },
       answer: async (node, m, signal) => {
-        const q = new LocalQuery(log, compileScanFilter(params), params, {
-          concurrency: opts.queryConcurrency,
-          bufferSize: opts.bufferSize,
-          signal,
-          pool: opts.pool,
-          splitBytes: opts.splitBytes,
-        });
+        const q = localQuery(nodeParams, signal, req.log);
+        try {
+          q.admit(); // busy: this node fails like a remote one answering 503
+        } catch (err) {
+          q.close();
+          throw err;
+        }
         const answer = { node, status: 200, stats: q.stats, close: () => q.close() };
         if (m === 'HEAD')
           return { ...answer, recordsMatched: await q.count(params.limit), body: noRecords() };
         return { ...answer, recordsMatched: null, body: q.records() };
       },
     };
-    const fan = await opts.fanout.query(nodes, method, raw, gone.signal, local);
+    abortWhenGone(reply.raw, gone); // a client gone while the nodes are asked stops them too
+    const fan = await opts.fanout.query(nodes, method, nodeRaw, gone.signal, local);
+    if (fan.answers.length === 0 && fan.failed.every((f) => f.status === 503)) {
+      // Every node is busy (or shutting down): say so, rather than 206 with nothing.
+      fan.close();
+      refuseBusy(
+        reply,
+        new QueryBusyError(
+          { nodes: fan.failed.length },
+          'every store node is busy or stopping: retry shortly',
+        ),
+      );
+    }
+    const res = takeOver(reply);
     try {
       const stats = sumStats(
         fan.answers.map((a) => a.stats),
@@ -181,7 +244,7 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
       if (fan.failed.length > 0) headers[H.failedNodes] = failedNodesHeader(fan.failed);
       const status = fan.failed.length > 0 ? 206 : 200;
       const lateFailures: FailedNode[] = [];
-      const body = mergedBody(fan.answers, lateFailures, req.log);
+      const body = mergedBody(fan.answers, lateFailures, req.log, ulids);
       if (head) {
         let matched: number;
         if (method === 'HEAD') matched = fan.answers[0]?.recordsMatched ?? 0;
@@ -284,6 +347,7 @@ function mergedBody(
   answers: readonly { node: string; body: AsyncIterable<Buffer> }[],
   lateFailures: FailedNode[],
   logger: Pick<Logger, 'warn'>,
+  ulids = false,
 ): AsyncIterable<Buffer> {
   const noteFailure = (node: string, err: unknown) => {
     lateFailures.push({ node, reason: describeError(err) });
@@ -302,7 +366,11 @@ function mergedBody(
   }
   return mergeSorted(
     answers.map((a) => lineAligned(a.body, a.node)),
-    { onInputError: (i, err) => noteFailure(answers[i].node, err) },
+    {
+      onInputError: (i, err) => noteFailure(answers[i].node, err),
+      // ULID-only answers are a ULID and a newline per record.
+      minLineBytes: ulids ? ULID_LENGTH : undefined,
+    },
   );
 }
 

@@ -1,9 +1,16 @@
 // Segment scans on worker threads. On the main thread every async file read costs tens of
 // microseconds of event-loop time (libuv hand-off), which capped a plain-term scan near half of
 // grep's speed; in a worker the scan reads synchronously into one cache-hot buffer, several files
-// are scanned in parallel on several cores, and the main thread stays free for requests (a slow
-// regex delays nobody). Results flow back in transferred buffers (copied out here and returned
-// for reuse) under a per-scan byte budget; HEAD counts happen in the workers, nothing moved.
+// are scanned in parallel on several cores, and the main thread stays free for requests. Results
+// flow back in transferred buffers (copied out here and returned for reuse) under a per-scan byte
+// budget; HEAD counts happen in the workers, nothing moved.
+//
+// No query can hold the pool: a worker gives its queries time slices in turn (scan-worker.ts),
+// new scans go to the worker with the fewest queries, and a worker stuck in a single record for
+// longer than `stallMs` (only a huge record under an expensive regex can do that) is terminated:
+// the scan that stalled it fails with ScanStalledError, every other scan on it is resumed on a
+// fresh worker from where it stood. A scan stops as soon as its consumer returns or its signal
+// aborts, even while it is producing nothing.
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -11,7 +18,11 @@ import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import { OklogError } from '../../shared/errors.ts';
 import type { QueryParams } from './query-params.ts';
-import type { FromWorker, ScanRequest, ToWorker } from './scan-worker.ts';
+import type { FromWorker, ScanProgress, ScanRequest, ToWorker } from './scan-worker.ts';
+
+/** Indexes into a worker's shared control array (an Int32Array over workerData.ctl). */
+export const CTL_RUNNING = 0;
+export const CTL_EPOCH = 1;
 
 export interface PoolScanJob {
   /** The file's current path (asked again if it was renamed before the worker opened it). */
@@ -28,6 +39,17 @@ export interface PoolScanJob {
   end?: number;
 }
 
+export interface PoolScanOptions {
+  /** Stops the scan (the iterator ends, the worker is told at once). */
+  signal?: AbortSignal;
+  /** The query or subscriber the scan belongs to: workers share their time among groups. */
+  group?: number;
+  /** Only the ULIDs of matching records (`ULID\n` each). */
+  ulids?: boolean;
+  /** Told the CPU milliseconds the scan used since the last call (about every 100 ms). */
+  onCpu?: (ms: number) => void;
+}
+
 class ScanError extends OklogError {
   constructor(message: string, code?: string) {
     super(message, 'OKLOG_ERR_SCAN', { fsCode: code });
@@ -36,86 +58,241 @@ class ScanError extends OklogError {
   }
 }
 
+/** A scan made no progress for too long (one record, one regex): it was stopped. */
+export class ScanStalledError extends OklogError {
+  constructor(limitMs: number, path: string) {
+    super(
+      `scan stopped: a single record took longer than ${limitMs} ms to match (narrow the pattern)`,
+      'OKLOG_ERR_SCAN_STALLED',
+      { limitMs, path },
+    );
+    this.name = 'ScanStalledError';
+  }
+}
+
 interface Slot {
+  index: number;
   worker: Worker;
+  /** [CTL_RUNNING]: id of the scan in a slice (0: none); [CTL_EPOCH]: bumped every step. */
+  ctl: Int32Array;
   scans: Map<number, PoolScan>;
   /** Resolves once the worker has loaded its modules. */
   ready: Promise<void>;
+  lastEpoch: number;
+  /** How long the running scan has made no step. */
+  stalledMs: number;
+  dead: boolean;
 }
 
+let groupIds = 1;
+/** A fresh group id (one per query, one per stream subscriber). */
+export function newScanGroup(): number {
+  return groupIds++;
+}
+
+/** How many times a scan is resumed on a fresh worker after its worker was stopped. */
+const MAX_RESUMES = 3;
+
+/**
+ * One logical scan of a file (or byte range). It runs as a worker-side scan (`wid`) and can be
+ * resumed under a new `wid` on another worker: every line before `at` was scanned and its
+ * matches delivered, so the new worker starts there and nothing is sent twice.
+ */
 class PoolScan implements AsyncIterableIterator<Buffer> {
-  /** Records counted by a count-only scan, once it has ended. */
+  /** Matching records counted (count-only scans), final once the scan has ended. */
   count = 0;
-  private queue: Buffer[] = [];
+  /** CPU milliseconds the workers spent on this scan. */
+  cpuMs = 0;
+  /** Lines skipped as not records. */
+  malformed = 0;
+  private wid = 0;
+  private slot: Slot | null = null;
+  private path: string;
+  private at: number;
+  private countBase = 0;
+  private cpuBase = 0;
+  private malformedBase = 0;
+  private reported = 0;
+  private delivered = false;
+  private opens = 0;
+  private resumes = 0;
+  private queue: { buf: Buffer; wid: number }[] = [];
   private done = false;
   private error: Error | null = null;
   private wake: (() => void) | null = null;
   private closed = false;
+  private readonly onAbort = () => void this.return();
+  /** The query or subscriber this scan belongs to (workers share their time among groups). */
+  readonly groupId: number;
 
   constructor(
-    readonly id: number,
-    private readonly slot: Slot,
-    private readonly send: (m: ToWorker, transfer?: ArrayBuffer[]) => void,
-  ) {}
+    private readonly pool: ScanPool,
+    private readonly job: PoolScanJob,
+    private readonly countOnly: boolean,
+    private readonly opts: PoolScanOptions,
+  ) {
+    this.groupId = opts.group ?? 0;
+    this.path = job.path();
+    this.at = job.start ?? 0;
+    if (opts.signal?.aborted) {
+      this.closed = true;
+      this.done = true;
+      return;
+    }
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
+    this.open();
+  }
 
   [Symbol.asyncIterator](): this {
     return this;
   }
 
-  deliver(m: FromWorker): void {
+  private open(): void {
+    const { slot, wid } = this.pool.place(this);
+    this.slot = slot;
+    this.wid = wid;
+    this.opens++;
+    const p = this.job.params;
+    const req: ScanRequest = {
+      t: 'scan',
+      id: wid,
+      group: this.groupId,
+      path: this.path,
+      q: p.q,
+      regex: p.regex,
+      topic: p.topic,
+      from: p.from,
+      to: p.to,
+      low: this.job.low,
+      high: this.job.high,
+      chunk: this.job.chunk,
+      budget: this.job.budget,
+      start: this.at,
+      end: this.job.end ?? null,
+      countOnly: this.countOnly,
+      ulids: this.opts.ulids === true,
+    };
+    slot.worker.postMessage(req);
+  }
+
+  private send(m: ToWorker): void {
+    if (this.slot !== null && !this.slot.dead) this.slot.worker.postMessage(m);
+  }
+
+  private progress(m: ScanProgress): void {
+    this.at = m.at;
+    this.count = this.countBase + m.count;
+    this.malformed = this.malformedBase + m.malformed;
+    this.cpuMs = this.cpuBase + m.cpu;
+    if (this.opts.onCpu !== undefined && this.cpuMs > this.reported) {
+      const d = this.cpuMs - this.reported;
+      this.reported = this.cpuMs;
+      this.opts.onCpu(d);
+    }
+  }
+
+  /** A message from the worker-side scan `wid` (stale ones, of a replaced run, are ignored). */
+  deliver(wid: number, m: FromWorker): void {
+    if (wid !== this.wid || this.done) return;
     if (m.t === 'data') {
-      // Copy out and send the buffer back for reuse (see scan-worker.ts on why).
+      // Copy out; the pool sends the buffer back for reuse (see scan-worker.ts on why).
       const copy = Buffer.allocUnsafe(m.len);
       copy.set(new Uint8Array(m.buf, 0, m.len));
-      this.send({ t: 'recycle', buf: m.buf }, [m.buf]);
-      if (!this.closed) this.queue.push(copy);
+      this.delivered = true;
+      this.progress(m);
+      if (!this.closed) this.queue.push({ buf: copy, wid });
+    } else if (m.t === 'progress') {
+      this.progress(m);
+      return;
     } else if (m.t === 'end') {
-      this.done = true;
-      this.count = m.count;
+      this.progress(m);
+      this.finish();
     } else if (m.t === 'error') {
+      const retry = m.code === 'ENOENT' && !this.delivered && this.opens < 5 && this.job.path() !== this.path;
+      this.forget();
+      if (retry) {
+        // The compacter renamed the file between selection and open: try its new name.
+        this.path = this.job.path();
+        this.open();
+        return;
+      }
       this.error = new ScanError(m.message, m.code);
-      this.done = true;
+      this.finish();
     }
+    this.notify();
+  }
+
+  /** The worker this scan ran on was stopped (`stalled`: because of this very scan) or died. */
+  lost(stalled: ScanStalledError | null, died: Error | null): void {
+    if (this.done) return;
+    this.forget();
+    if (stalled === null && died === null && this.resumes < MAX_RESUMES) {
+      this.resumes++;
+      this.countBase = this.count;
+      this.cpuBase = this.cpuMs;
+      this.malformedBase = this.malformed;
+      this.open();
+      return;
+    }
+    this.error = stalled ?? new ScanError(`scan worker: ${died?.message ?? 'stopped'}`);
+    this.finish();
+    this.notify();
+  }
+
+  /** The file being scanned. */
+  get file(): string {
+    return this.path;
+  }
+
+  private notify(): void {
     const w = this.wake;
     this.wake = null;
     w?.();
   }
 
+  private finish(): void {
+    this.done = true;
+    this.forget();
+    this.opts.signal?.removeEventListener('abort', this.onAbort);
+  }
+
+  private forget(): void {
+    this.slot?.scans.delete(this.wid);
+  }
+
   async next(): Promise<IteratorResult<Buffer>> {
     for (;;) {
-      const value = this.queue.shift();
-      if (value !== undefined) {
-        if (!this.done) this.send({ t: 'credit', id: this.id, n: value.length });
-        return { value, done: false };
+      const item = this.queue.shift();
+      if (item !== undefined) {
+        if (!this.done && item.wid === this.wid) this.send({ t: 'credit', id: this.wid, n: item.buf.length });
+        return { value: item.buf, done: false };
       }
       if (this.error !== null) {
         const err = this.error;
         this.error = null;
-        this.forget();
         throw err;
       }
-      if (this.done || this.closed) {
-        this.forget();
-        return { value: undefined, done: true };
-      }
+      if (this.done || this.closed) return { value: undefined, done: true };
       await new Promise<void>((resolve) => {
         this.wake = resolve;
       });
     }
   }
 
+  /** Stops the scan now: the worker is told at once, a pending next() resolves done. */
   async return(): Promise<IteratorResult<Buffer>> {
-    if (!this.done && !this.closed) this.send({ t: 'cancel', id: this.id });
-    this.closed = true;
-    this.queue = [];
-    this.forget();
+    if (!this.closed) {
+      this.closed = true;
+      if (!this.done) this.send({ t: 'cancel', id: this.wid });
+      this.queue = [];
+      this.finish();
+      this.notify();
+    }
     return { value: undefined, done: true };
   }
-
-  private forget(): void {
-    this.slot.scans.delete(this.id);
-  }
 }
+
+export type { PoolScan };
 
 let workerSource: string | null = null;
 
@@ -126,9 +303,11 @@ let workerSource: string | null = null;
  * memory, with esbuild (the compiler tsx itself runs on): about 20 ms, then each worker starts in
  * some 60 ms as plain JavaScript.
  */
-function spawnWorker(): Worker {
+function spawnWorker(ctl: SharedArrayBuffer): Worker {
+  const workerData = { ctl };
   // Bundled by cli/launch.js: the worker's bundle lies beside this one.
-  if (!import.meta.url.endsWith('.ts')) return new Worker(new URL('./scan-worker.mjs', import.meta.url));
+  if (!import.meta.url.endsWith('.ts'))
+    return new Worker(new URL('./scan-worker.mjs', import.meta.url), { workerData });
   if (workerSource === null) {
     const esbuild = createRequire(import.meta.url)('esbuild') as typeof import('esbuild');
     const built = esbuild.buildSync({
@@ -142,7 +321,7 @@ function spawnWorker(): Worker {
     });
     workerSource = built.outputFiles[0].text;
   }
-  return new Worker(workerSource, { eval: true });
+  return new Worker(workerSource, { eval: true, workerData });
 }
 
 /**
@@ -153,10 +332,26 @@ export function defaultScanWorkers(): number {
   return Math.max(1, Math.min(4, availableParallelism()));
 }
 
+export interface ScanPoolOptions {
+  /**
+   * A worker whose running scan makes no step (one record) for this long is terminated and its
+   * other scans resumed elsewhere (default 2000 ms).
+   */
+  stallMs?: number;
+}
+
+/** How often the watchdog looks at the workers (while any has scans). */
+const WATCHDOG_MS = 50;
+
 export class ScanPool {
   private readonly slots: (Slot | null)[];
   private nextId = 1;
   private closed = false;
+  private watchdog: NodeJS.Timeout | null = null;
+  private lastWatch = 0;
+  readonly stallMs: number;
+  /** Workers terminated for stalling (for tests and logs). */
+  stalls = 0;
 
   /**
    * `size` workers (default: defaultScanWorkers, `-store.query-workers`), started on first use
@@ -165,33 +360,42 @@ export class ScanPool {
   constructor(
     private readonly logger: Logger,
     size = defaultScanWorkers(),
+    opts: ScanPoolOptions = {},
   ) {
     this.slots = Array.from({ length: size }, () => null);
+    this.stallMs = opts.stallMs ?? 2000;
   }
 
   private spawn(i: number): Slot {
-    const worker = spawnWorker();
+    const shared = new SharedArrayBuffer(8);
+    const worker = spawnWorker(shared);
     worker.unref();
     let markReady = () => {};
     const slot: Slot = {
+      index: i,
       worker,
+      ctl: new Int32Array(shared),
       scans: new Map(),
       ready: new Promise<void>((resolve) => {
         markReady = resolve;
       }),
+      lastEpoch: 0,
+      stalledMs: 0,
+      dead: false,
     };
     worker.on('message', (m: FromWorker) => {
       if (m.t === 'ready') return markReady();
-      const scan = slot.scans.get(m.id);
-      if (scan !== undefined) scan.deliver(m);
-      else if (m.t === 'data') worker.postMessage({ t: 'recycle', buf: m.buf } satisfies ToWorker, [m.buf]);
+      slot.scans.get(m.id)?.deliver(m.id, m); // copies a data buffer out first
+      if (m.t === 'data' && !slot.dead)
+        worker.postMessage({ t: 'recycle', buf: m.buf } satisfies ToWorker, [m.buf]);
     });
     const fail = (err: Error) => {
       markReady();
+      slot.dead = true;
       if (this.slots[i] === slot) this.slots[i] = null;
-      for (const s of slot.scans.values())
-        s.deliver({ t: 'error', id: s.id, message: `scan worker: ${err.message}` });
+      const scans = [...slot.scans.values()];
       slot.scans.clear();
+      for (const s of scans) s.lost(null, err);
     };
     worker.on('error', (err) => {
       this.logger.error({ err }, 'store: scan worker failed');
@@ -211,85 +415,110 @@ export class ScanPool {
     return Promise.all(this.slots.map((s) => s?.ready)).then(() => {});
   }
 
-  /** The least busy worker, started on first use. */
-  private pick(): Slot {
-    let best = -1;
-    let load = Number.POSITIVE_INFINITY;
+  /**
+   * The worker for a new scan of `group`: one not stalled, then the one with the fewest groups
+   * (a simple query lands beside as few other queries as possible), then the fewest scans.
+   * Started on first use.
+   */
+  place(scan: PoolScan): { slot: Slot; wid: number } {
+    const group = scan.groupId;
+    if (this.closed) throw new Error('scan pool closed');
+    let best = 0;
+    let bestScore = Number.POSITIVE_INFINITY;
     for (let i = 0; i < this.slots.length; i++) {
-      const n = this.slots[i]?.scans.size ?? 0;
-      if (n < load) {
-        load = n;
+      const s = this.slots[i];
+      let score = 0;
+      if (s !== null) {
+        const groups = new Set<number>();
+        for (const x of s.scans.values()) groups.add(x.groupId);
+        groups.delete(group);
+        score = (s.stalledMs >= WATCHDOG_MS * 2 ? 1e6 : 0) + groups.size * 1000 + s.scans.size;
+      }
+      if (score < bestScore) {
+        bestScore = score;
         best = i;
       }
     }
-    return this.slots[best] ?? this.spawn(best);
+    const slot = this.slots[best] ?? this.spawn(best);
+    const wid = this.nextId++;
+    slot.scans.set(wid, scan);
+    this.watch();
+    return { slot, wid };
   }
 
-  private open(job: PoolScanJob, path: string, countOnly: boolean): PoolScan {
-    if (this.closed) throw new Error('scan pool closed');
-    const slot = this.pick();
-    const id = this.nextId++;
-    const send = (m: ToWorker, transfer: ArrayBuffer[] = []) => slot.worker.postMessage(m, transfer);
-    const scan = new PoolScan(id, slot, send);
-    slot.scans.set(id, scan);
-    const req: ScanRequest = {
-      t: 'scan',
-      id,
-      path,
-      q: job.params.q,
-      regex: job.params.regex,
-      topic: job.params.topic,
-      from: job.params.from,
-      to: job.params.to,
-      low: job.low,
-      high: job.high,
-      chunk: job.chunk,
-      budget: job.budget,
-      start: job.start ?? 0,
-      end: job.end ?? null,
-      countOnly,
-    };
-    send(req);
-    return scan;
+  private watch(): void {
+    if (this.watchdog !== null) return;
+    this.lastWatch = performance.now();
+    this.watchdog = setInterval(() => this.check(), WATCHDOG_MS);
+    this.watchdog.unref();
   }
 
-  /**
-   * Runs a scan to its end, yielding its chunks; the compacter may rename the file between
-   * selection and open, so a scan that fails to find it is retried under its new name.
-   */
-  private async *run(job: PoolScanJob, countOnly: boolean, counted: { n: number }): AsyncGenerator<Buffer> {
-    for (let attempt = 0; ; attempt++) {
-      const path = job.path();
-      const scan = this.open(job, path, countOnly);
-      let got = false;
-      try {
-        for await (const chunk of scan) {
-          got = true;
-          yield chunk;
-        }
-        counted.n = scan.count;
-        return;
-      } catch (err) {
-        const code = (err as { errno?: string }).errno;
-        if (got || code !== 'ENOENT' || attempt >= 4 || job.path() === path) throw err;
-      } finally {
-        await scan.return();
+  /** The watchdog: a worker whose running scan has not stepped for stallMs is stopped. */
+  private check(): void {
+    const now = performance.now();
+    const elapsed = now - this.lastWatch;
+    this.lastWatch = now;
+    let busy = false;
+    for (const slot of this.slots) {
+      if (slot === null || slot.scans.size === 0) continue;
+      busy = true;
+      const epoch = Atomics.load(slot.ctl, CTL_EPOCH);
+      const running = Atomics.load(slot.ctl, CTL_RUNNING);
+      if (running === 0 || epoch !== slot.lastEpoch) {
+        slot.lastEpoch = epoch;
+        slot.stalledMs = 0;
+        continue;
       }
+      slot.stalledMs += elapsed;
+      if (slot.stalledMs >= this.stallMs) this.stop(slot, running);
     }
+    if (!busy && this.watchdog !== null) {
+      clearInterval(this.watchdog);
+      this.watchdog = null;
+    }
+  }
+
+  /** Terminates a stalled worker: the scan `culprit` fails, the others resume elsewhere. */
+  private stop(slot: Slot, culprit: number): void {
+    slot.dead = true;
+    if (this.slots[slot.index] === slot) this.slots[slot.index] = null;
+    this.stalls++;
+    const scans = [...slot.scans.entries()];
+    slot.scans.clear();
+    const guilty = scans.find(([wid]) => wid === culprit)?.[1];
+    this.logger.warn(
+      { stallMs: this.stallMs, path: guilty?.file, others: scans.length - 1 },
+      'store: a scan made no progress (one record too slow for its regex): worker restarted, scan stopped',
+    );
+    void slot.worker.terminate();
+    for (const [wid, s] of scans)
+      s.lost(wid === culprit ? new ScanStalledError(this.stallMs, s.file) : null, null);
   }
 
   /** Starts a scan; its matching records arrive as chunks of whole lines. */
-  scan(job: PoolScanJob): AsyncIterableIterator<Buffer> {
-    return this.run(job, false, { n: 0 });
+  scan(job: PoolScanJob, opts: PoolScanOptions = {}): PoolScan {
+    return new PoolScan(this, job, false, opts);
+  }
+
+  /** A count-only scan: it delivers nothing; its `count` is final once next() says done. */
+  countScan(job: PoolScanJob, opts: PoolScanOptions = {}): PoolScan {
+    return new PoolScan(this, job, true, opts);
   }
 
   /** Counts the matching records of a file (or byte range) without moving them. */
-  async count(job: PoolScanJob, signal?: AbortSignal): Promise<number> {
-    const counted = { n: 0 };
-    for await (const _ of this.run(job, true, counted)) {
-      if (signal?.aborted) break;
+  async count(job: PoolScanJob, opts: PoolScanOptions = {}): Promise<number> {
+    const scan = this.countScan(job, opts);
+    while (!(await scan.next()).done) {
+      // a count-only scan delivers nothing: next() resolves once it has ended
     }
-    return counted.n;
+    return scan.count;
+  }
+
+  /** Scans running now (tests: a disconnected query leaves none behind). */
+  get activeScans(): number {
+    let n = 0;
+    for (const s of this.slots) n += s?.scans.size ?? 0;
+    return n;
   }
 
   get size(): number {
@@ -298,6 +527,8 @@ export class ScanPool {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.watchdog !== null) clearInterval(this.watchdog);
+    this.watchdog = null;
     const slots = this.slots.splice(0);
     await Promise.all(slots.map((s) => s?.worker.terminate()));
   }

@@ -3,8 +3,8 @@
 // path, built like grep: a plain term is searched for in the whole chunk first (Buffer#indexOf),
 // and only a hit costs finding its line's bounds; lines without the term are never looked at.
 import { type FileHandle, open } from 'node:fs/promises';
-import { NEWLINE } from '../../shared/record.ts';
-import { ULID_LENGTH } from '../../shared/ulid.ts';
+import { NEWLINE, SPACE } from '../../shared/record.ts';
+import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
 import type { FileSystem } from '../fs/index.ts';
 import type { RecordMatcher } from './filter.ts';
 import { compareUlid, countLines } from './lines.ts';
@@ -128,9 +128,21 @@ export interface ScanFilter {
   /** Inclusive ULID bounds, 26 bytes each. */
   from: Buffer;
   to: Buffer;
+  /**
+   * Queries: lines that are not records (shorter than a ULID and a space, or without a valid
+   * ULID) are skipped and counted, also where the scan would copy a range without looking at its
+   * lines; such a line can never match (§4.8), and passing it on would make the merge reject the
+   * whole answer. Without it (compaction) ranges are copied as they are, for the caller to check.
+   */
+  skipMalformed?: boolean;
 }
 
 const MIN_LINE = ULID_LENGTH + 1;
+
+/** A record's start: a canonical ULID and a space, the line at least that long. */
+function isRecordAt(buf: Buffer, ls: number, le: number): boolean {
+  return le - ls >= MIN_LINE && buf[ls + ULID_LENGTH] === SPACE && isCanonicalUlidAt(buf, ls);
+}
 
 /**
  * Collects matched line ranges of the current chunk, coalescing adjacent ones, then copies them
@@ -142,7 +154,20 @@ export class Collector {
   private runBuf: Buffer | null = null;
   private runStart = 0;
   private runEnd = 0;
+  /** ULID-only output (`ULID\n` per record) for counting across nodes; null for whole records. */
+  private ids: Buffer | null = null;
+  private idsLen = 0;
+
+  constructor(ulidsOnly = false) {
+    if (ulidsOnly) this.ids = Buffer.allocUnsafe(64 * 1024);
+  }
+
+  /** Whole lines `buf[start..end)` (`end` just past a newline) matched. */
   add(buf: Buffer, start: number, end: number): void {
+    if (this.ids !== null) {
+      this.addIds(buf, start, end);
+      return;
+    }
     if (buf === this.runBuf && start === this.runEnd) {
       this.runEnd = end;
       return;
@@ -152,7 +177,31 @@ export class Collector {
     this.runStart = start;
     this.runEnd = end;
   }
+
+  private addIds(buf: Buffer, start: number, end: number): void {
+    for (let ls = start; ls < end; ) {
+      const le = buf.indexOf(NEWLINE, ls);
+      if (le < 0 || le >= end) break;
+      if (this.idsLen + ULID_LENGTH + 1 > (this.ids as Buffer).length) {
+        const bigger = Buffer.allocUnsafe((this.ids as Buffer).length * 2);
+        (this.ids as Buffer).copy(bigger, 0, 0, this.idsLen);
+        this.ids = bigger;
+      }
+      const ids = this.ids as Buffer;
+      buf.copy(ids, this.idsLen, ls, ls + ULID_LENGTH);
+      ids[this.idsLen + ULID_LENGTH] = NEWLINE;
+      this.idsLen += ULID_LENGTH + 1;
+      ls = le + 1;
+    }
+  }
+
   private flushRun(): void {
+    if (this.ids !== null && this.idsLen > 0) {
+      // The ids buffer is reused: what is handed on is a copy of its filled part.
+      this.parts.push(Buffer.from(this.ids.subarray(0, this.idsLen)));
+      this.bytes += this.idsLen;
+      this.idsLen = 0;
+    }
     if (this.runBuf === null) return;
     this.parts.push(this.runBuf.subarray(this.runStart, this.runEnd));
     this.bytes += this.runEnd - this.runStart;
@@ -160,7 +209,7 @@ export class Collector {
   }
   /** Bytes collected so far. */
   get size(): number {
-    return this.bytes + (this.runBuf === null ? 0 : this.runEnd - this.runStart);
+    return this.bytes + this.idsLen + (this.runBuf === null ? 0 : this.runEnd - this.runStart);
   }
 
   /** Counts the records collected (instead of copying them) and resets. */
@@ -211,6 +260,8 @@ export class Scanner {
   /** Offset in the needle of its rarest byte (searched from there on); -1: not chosen yet. */
   private rareAt = -1;
   private tail: Buffer | null = null;
+  /** Lines skipped because they are not records (see ScanFilter.skipMalformed). */
+  malformed = 0;
   constructor(
     private readonly f: ScanFilter,
     low: Buffer,
@@ -222,23 +273,52 @@ export class Scanner {
 
   /**
    * Scans the whole lines in `buf[start..end)` (`end` just past a newline) until done (returns
-   * `end`), past `to` (STOP) or past `deadline` (returns where to resume).
+   * `end`), past `to` (STOP) or past `deadline` (returns where to resume: a line start).
    */
   region(buf: Buffer, start: number, end: number, deadline: number): number {
     const f = this.f;
     if (!this.timeAll) {
-      // Sorted files: skip a region wholly before `from`, stop at one wholly after `to`.
-      if (compareUlid(buf, start, f.to, 0) > 0) return STOP;
+      // Sorted files: skip a region wholly before `from`, stop at one wholly after `to`. Only a
+      // real record's ULID says so: a stray line is not trusted to bound the others.
+      const firstEnd = buf.indexOf(NEWLINE, start);
+      if (isRecordAt(buf, start, firstEnd) && compareUlid(buf, start, f.to, 0) > 0) return STOP;
       const lastStart = end - 1 > start ? buf.lastIndexOf(NEWLINE, end - 2) + 1 : start;
-      if (compareUlid(buf, Math.max(start, lastStart), f.from, 0) < 0) return end;
+      const ls = Math.max(start, lastStart);
+      if (isRecordAt(buf, ls, end - 1) && compareUlid(buf, ls, f.from, 0) < 0) return end;
     }
     if (f.all && this.timeAll) {
+      if (f.skipMalformed) return this.copyRecords(buf, start, end, deadline);
       this.out.add(buf, start, end);
       return end;
     }
     return f.needle !== null && !f.all
       ? this.byNeedle(buf, start, end, f.needle, deadline)
       : this.byLine(buf, start, end, deadline);
+  }
+
+  /**
+   * Every record of the region, as runs of lines; a line that is not a record is left out. An
+   * export looks at no line otherwise, so this check is kept to what a copy can afford: the
+   * length and the space after the ULID (the filters check the ULID itself).
+   */
+  private copyRecords(buf: Buffer, start: number, end: number, deadline: number): number {
+    let run = start;
+    let lines = 0;
+    for (let ls = start; ls < end; ) {
+      const le = buf.indexOf(NEWLINE, ls);
+      if (le - ls < MIN_LINE || buf[ls + ULID_LENGTH] !== SPACE) {
+        if (ls > run) this.out.add(buf, run, ls);
+        this.malformed++;
+        run = le + 1;
+      }
+      ls = le + 1;
+      if (++lines % 4096 === 0 && performance.now() > deadline) {
+        if (ls > run) this.out.add(buf, run, ls);
+        return ls;
+      }
+    }
+    if (end > run) this.out.add(buf, run, end);
+    return end;
   }
 
   /**
@@ -268,7 +348,10 @@ export class Scanner {
       const ls = i === 0 ? 0 : Math.max(start, buf.lastIndexOf(NEWLINE, i - 1) + 1);
       const le = buf.indexOf(NEWLINE, i);
       pos = le + 1;
-      if (le - ls < MIN_LINE) continue;
+      if (!isRecordAt(buf, ls, le)) {
+        this.malformed++;
+        continue;
+      }
       if (!this.timeAll) {
         if (compareUlid(buf, ls, f.to, 0) > 0) return STOP;
         if (compareUlid(buf, ls, f.from, 0) < 0) continue;
@@ -292,14 +375,15 @@ export class Scanner {
 
   private byLine(buf: Buffer, start: number, end: number, deadline: number): number {
     const f = this.f;
-    // A regex can cost microseconds per line: read the clock on every line then.
+    // A regex can cost microseconds (at the pattern caps, milliseconds) per line: read the clock
+    // on every line then, so a slice ends within one record of its deadline.
     const every = f.all ? CLOCK_EVERY : 1;
     let ls = start;
     let lines = 0;
     while (ls < end) {
       const le = buf.indexOf(NEWLINE, ls);
       const next = le + 1;
-      if (le - ls >= MIN_LINE) {
+      if (isRecordAt(buf, ls, le)) {
         if (!this.timeAll) {
           if (compareUlid(buf, ls, f.to, 0) > 0) return STOP;
           if (compareUlid(buf, ls, f.from, 0) < 0) {
@@ -308,6 +392,8 @@ export class Scanner {
           }
         }
         if (f.all || f.matcher(buf, ls, le)) this.out.add(buf, ls, next);
+      } else {
+        this.malformed++;
       }
       ls = next;
       if (++lines % every === 0 && performance.now() > deadline) return ls;
@@ -315,13 +401,17 @@ export class Scanner {
     return end;
   }
 
-  /** Scans a region to its end, pausing between slices; false once past `to`. */
-  async scan(buf: Buffer, start: number, end: number): Promise<boolean> {
+  /** Scans a region to its end, pausing between slices; false once past `to` or aborted. */
+  async scan(buf: Buffer, start: number, end: number, signal?: AbortSignal): Promise<boolean> {
     let pos = start;
     while (pos < end) {
       pos = this.region(buf, pos, end, performance.now() + SLICE_MS);
       if (pos === STOP) return false;
-      if (pos < end) await new Promise<void>((resolve) => setImmediate(resolve));
+      if (pos < end) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        // A slow regex over a chunk takes many slices: a client gone meanwhile stops it here.
+        if (signal?.aborted) return false;
+      }
     }
     return true;
   }
@@ -345,6 +435,10 @@ export class Carry {
 
 export interface ScanOptions {
   signal?: AbortSignal;
+  /** Only the ULIDs of matching records (`ULID\n` each), for counting across nodes. */
+  ulidsOnly?: boolean;
+  /** Called at the end with the number of lines skipped as not records. */
+  onMalformed?: (n: number) => void;
 }
 
 /**
@@ -359,7 +453,7 @@ export async function* scanSegment(
   high: Buffer,
   opts: ScanOptions = {},
 ): AsyncGenerator<Buffer> {
-  const out = new Collector();
+  const out = new Collector(opts.ulidsOnly === true);
   const scanner = new Scanner(filter, low, high, out);
   const carry = new Carry();
   try {
@@ -376,18 +470,19 @@ export async function* scanSegment(
           continue;
         }
         carry.append(chunk, 0, nl + 1);
-        more = await scanner.scan(carry.buf, 0, carry.len);
+        more = await scanner.scan(carry.buf, 0, carry.len, opts.signal);
         carry.len = 0;
         start = nl + 1;
       }
       const end = more ? chunk.lastIndexOf(NEWLINE) + 1 : start;
-      if (more && end > start) more = await scanner.scan(chunk, start, end);
+      if (more && end > start) more = await scanner.scan(chunk, start, end, opts.signal);
       const found = out.take();
       if (found !== null) yield found;
       if (!more) return;
       if (end < chunk.length) carry.append(chunk, Math.max(end, start), chunk.length);
     }
   } finally {
+    if (scanner.malformed > 0) opts.onMalformed?.(scanner.malformed);
     await reader.close();
   }
 }
