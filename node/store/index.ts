@@ -10,6 +10,7 @@ import type { FlagSpec, FlagValues } from '../../shared/flags.ts';
 import { parseDuration } from '../../shared/time.ts';
 import type { Peers } from '../cluster/peers.ts';
 import type { FileSystem } from '../fs/index.ts';
+import { DEFAULT_QUERY_MEMORY } from './budget.ts';
 import { Compactor } from './compactor.ts';
 import { createConsumerMetrics, SegmentConsumer } from './consumer.ts';
 import { Fanout } from './fanout.ts';
@@ -99,6 +100,12 @@ export function storeFlagSpecs(mode: string): FlagSpec[] {
       help: 'threads that scan segment files for queries, ~20 MiB each (0: scan on the main thread)',
     },
     {
+      name: 'store.query-memory',
+      kind: 'int',
+      default: DEFAULT_QUERY_MEMORY,
+      help: 'read-ahead bytes all queries of this node hold at most, together (queries beyond it wait)',
+    },
+    {
       name: 'ui.local',
       kind: 'bool',
       default: false,
@@ -162,6 +169,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const replicationFactor = intFlag(flags, 'store.segment-replication-factor', 1);
   const queryConcurrency = intFlag(flags, 'store.query-concurrency', 1);
   const queryWorkers = intFlag(flags, 'store.query-workers', 0);
+  const queryMemory = intFlag(flags, 'store.query-memory', 1 << 20);
   const targetAge = durationFlag(flags, 'store.segment-target-age', 0);
   const delay = durationFlag(flags, 'store.segment-delay', 1);
   const retainMs = durationFlag(flags, 'store.segment-retain', 1);
@@ -174,12 +182,16 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
 
   const log = await openStoreLog({ fs: opts.fs, root: String(flags['store.path']), logger, now, metrics });
   const streams = new StreamRegistry({ logger, metrics: streamMetrics });
-  // Reading a new segment back for live streams is skipped while nobody is streaming.
-  const publisher = new SegmentPublisher(log, streams, logger, () => streams.hasSubscribers());
   const fanout = new Fanout({ logger });
   // Scan workers for the real filesystem; started now so the first query does not wait for them.
   const pool = opts.fs.kind === 'real' && queryWorkers > 0 ? new ScanPool(logger, queryWorkers) : undefined;
   void pool?.prewarm();
+  // Reading a new segment back for live streams is skipped while nobody is streaming; regex
+  // subscribers are matched on the scan workers.
+  const publisher = new SegmentPublisher(log, streams, logger, {
+    wanted: () => streams.hasSubscribers(),
+    pool,
+  });
   const compactor = new Compactor({ log, logger, metrics, targetSize, retainMs, purgeMs, now, bufferSize });
   const onReplicated = (entry: SegmentEntry) => publisher.enqueue(entry);
   // Calls the consumers would make to this very node skip the loopback socket (local-http.ts).
@@ -230,6 +242,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
         queryConcurrency,
         bufferSize,
         pool,
+        queryMemory,
         onReplicated,
       }),
     );

@@ -110,8 +110,9 @@ export function streamRoutes(opts: StreamRoutesOptions): FastifyPluginAsync {
   const now = opts.now ?? Date.now;
 
   const nodeStream = async (req: FastifyRequest, reply: FastifyReply) => {
-    const match = compileFilter(filterSpec(new URLSearchParams(rawQueryOf(req)))); // 400 first
-    const sub = registry.subscribe({ match, label: who(req.raw) }); // 503 when shutting down
+    const spec = filterSpec(new URLSearchParams(rawQueryOf(req)));
+    const match = compileFilter(spec); // 400 first
+    const sub = registry.subscribe({ match, spec, label: who(req.raw) }); // 503 when shutting down
     const res = startStream(reply);
     res.once('close', () => sub.unsubscribe());
     try {

@@ -1,17 +1,24 @@
 // The node's live-stream registry (reference §4.9 `/store/_stream`, §11.2 item 12 fixed).
 //
 // Records replicated to this node are published here; every subscriber (one per `_stream`
-// connection) has a filter and its own bounded queue. `publish` never blocks and never waits for
-// a subscriber: it filters, appends to each queue and returns. A subscriber whose queue exceeds
-// its bound (a client that does not read fast enough) is dropped: its connection is closed, a
-// metric counts it and a line is logged. Other subscribers are unaffected. OK Log instead blocked
+// connection) has a filter and its own bounded queue. `publish` never waits for a subscriber's
+// client: it filters, appends to each queue and returns. A subscriber whose queue exceeds its
+// bound (a client that does not read fast enough) is dropped: its connection is closed, a metric
+// counts it and a line is logged. Other subscribers are unaffected. OK Log instead blocked
 // matching for every subscriber behind the slowest one, under a lock that also blocked new
 // registrations.
+//
+// Matching costs CPU, and a regex can cost a lot of it: `publish` gives the event loop back every
+// few milliseconds (requests, gossip), and each subscriber has a CPU budget (a token bucket: a
+// burst, refilled at a share of one core). A subscriber whose matching outruns it is dropped like
+// a slow one, with its own metric. Regex subscribers are matched on the scan workers when the node
+// has them (publish.ts), charged the same way.
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { OklogError } from '../../shared/errors.ts';
 import { NEWLINE } from '../../shared/record.ts';
-import type { RecordMatcher } from './filter.ts';
+import type { FilterSpec, RecordMatcher } from './filter.ts';
+import { countLines } from './lines.ts';
 
 /** The subscriber could not keep up and was dropped. */
 export class SlowSubscriberError extends OklogError {
@@ -30,10 +37,24 @@ export class StreamClosedError extends OklogError {
   }
 }
 
+/** The subscriber's matching used more CPU than its budget: dropped. */
+export class ExpensiveSubscriberError extends OklogError {
+  constructor(context: Record<string, unknown>) {
+    super(
+      'stream subscriber too expensive to match (CPU budget exceeded): dropped',
+      'OKLOG_ERR_EXPENSIVE_SUBSCRIBER',
+      context,
+    );
+    this.name = 'ExpensiveSubscriberError';
+  }
+}
+
 export interface StreamMetrics {
   subscribers: Gauge;
   dropped: Counter;
+  cpuDropped: Counter;
   publishedRecords: Counter;
+  skippedSegments: Counter;
   upstreamFailures: Counter;
 }
 
@@ -60,7 +81,27 @@ export function createStreamMetrics(registry: Registry): StreamMetrics {
       () =>
         new Counter({
           name: 'oklog_store_stream_dropped_subscribers_total',
-          help: 'Stream subscribers dropped because their queue overflowed (too slow).',
+          help: 'Stream subscribers dropped: queue overflowed (too slow) or CPU budget exceeded.',
+          registers,
+        }),
+    ),
+    cpuDropped: shared(
+      registry,
+      'oklog_store_stream_cpu_dropped_subscribers_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_stream_cpu_dropped_subscribers_total',
+          help: 'Stream subscribers dropped because matching their filter exceeded its CPU budget.',
+          registers,
+        }),
+    ),
+    skippedSegments: shared(
+      registry,
+      'oklog_store_stream_skipped_segments_total',
+      () =>
+        new Counter({
+          name: 'oklog_store_stream_skipped_segments_total',
+          help: 'Replicated segments not offered to live streams because publishing was too far behind.',
           registers,
         }),
     ),
@@ -89,6 +130,8 @@ export function createStreamMetrics(registry: Registry): StreamMetrics {
 
 export interface SubscribeOptions {
   match: RecordMatcher;
+  /** The filter `match` was compiled from (publish.ts matches regexes on the scan workers). */
+  spec?: FilterSpec;
   /** Who this is, for log lines (e.g. the remote address). */
   label?: string;
 }
@@ -111,12 +154,18 @@ export class Subscription {
   /** Aborted once the subscription is closed, dropped or unsubscribed (interrupts a 'drain' wait). */
   readonly closedSignal: AbortSignal = this.ended.signal;
   readonly gone: Promise<void>;
+  /** CPU budget left (ms) and when it was last refilled (performance.now()). */
+  credit = 0;
+  creditAt = 0;
+  /** CPU milliseconds spent matching for this subscriber. */
+  cpuMs = 0;
 
   constructor(
     readonly id: number,
     readonly label: string,
     readonly match: RecordMatcher,
     private readonly remove: (s: Subscription) => void,
+    readonly spec?: FilterSpec,
   ) {
     this.gone = new Promise((resolve) => {
       this.onGone = resolve;
@@ -205,7 +254,14 @@ export interface StreamRegistryOptions {
   bufferRecords?: number;
   /** Most bytes queued per subscriber before it is dropped (default 16 MiB). */
   bufferBytes?: number;
+  /** CPU a subscriber's matching may use in a burst, ms (default 5000). */
+  cpuBurstMs?: number;
+  /** Share of one core a subscriber's matching may use in the long run (default 0.5). */
+  cpuShare?: number;
 }
+
+/** Time `publish` works before giving the event loop back. */
+const SLICE_MS = 5;
 
 export class StreamRegistry {
   private readonly subs = new Set<Subscription>();
@@ -215,12 +271,21 @@ export class StreamRegistry {
   private readonly maxBytes: number;
   private nextId = 1;
   private closed = false;
+  readonly cpuBurstMs: number;
+  readonly cpuShare: number;
 
   constructor(opts: StreamRegistryOptions) {
     this.logger = opts.logger;
     this.metrics = opts.metrics;
     this.maxRecords = opts.bufferRecords ?? 262_144;
     this.maxBytes = opts.bufferBytes ?? 16 * 1024 * 1024;
+    this.cpuBurstMs = opts.cpuBurstMs ?? 5000;
+    this.cpuShare = opts.cpuShare ?? 0.5;
+  }
+
+  /** The current subscribers. */
+  subscribers(): Subscription[] {
+    return [...this.subs];
   }
 
   /** Subscribers connected now (the publisher skips reading segments back when there are none). */
@@ -234,20 +299,29 @@ export class StreamRegistry {
 
   subscribe(opts: SubscribeOptions): Subscription {
     if (this.closed) throw new StreamClosedError();
-    const sub = new Subscription(this.nextId++, opts.label ?? '', opts.match, (s) => {
-      if (this.subs.delete(s)) this.metrics.subscribers.dec();
-    });
+    const sub = new Subscription(
+      this.nextId++,
+      opts.label ?? '',
+      opts.match,
+      (s) => {
+        if (this.subs.delete(s)) this.metrics.subscribers.dec();
+      },
+      opts.spec,
+    );
+    sub.credit = this.cpuBurstMs;
+    sub.creditAt = performance.now();
     this.subs.add(sub);
     this.metrics.subscribers.inc();
     return sub;
   }
 
   /**
-   * Offers sorted newline-terminated records (just replicated to this node) to every subscriber.
-   * Synchronous and bounded: never waits for a subscriber. What a subscriber keeps is copied, so
-   * the caller may reuse `records` afterwards. A final line without a newline is ignored.
+   * Offers sorted newline-terminated records (just replicated to this node) to every subscriber
+   * (or those in `only`). Never waits for a subscriber's client; gives the event loop back every
+   * few milliseconds of matching, so `records` must stay unchanged until the promise resolves
+   * (what a subscriber keeps is copied). A final line without a newline is ignored.
    */
-  publish(records: Buffer): void {
+  async publish(records: Buffer, only?: readonly Subscription[]): Promise<void> {
     if (this.subs.size === 0 || records.length === 0) return;
     // Line ends once for all subscribers.
     const ends: number[] = [];
@@ -256,14 +330,21 @@ export class StreamRegistry {
     this.metrics.publishedRecords.inc(ends.length);
     const complete = ends[ends.length - 1] + 1;
     let whole: Buffer | null = null; // one shared copy for subscribers that match every record
-    for (const sub of this.subs) {
+    let sliceEnd = performance.now() + SLICE_MS;
+    for (const sub of only ?? [...this.subs]) {
+      if (sub.closed) continue;
       const parts: Buffer[] = [];
       let bytes = 0;
       let n = 0;
       let runStart = -1;
       let runEnd = 0;
       let start = 0;
-      for (const nl of ends) {
+      // A regex can take a millisecond per record: look at the clock on every one then.
+      const every = sub.spec?.regex === true ? 1 : 64;
+      let t0 = performance.now();
+      let dropped = false;
+      for (let k = 0; k < ends.length; k++) {
+        const nl = ends[k];
         if (sub.match(records, start, nl)) {
           if (runStart < 0) runStart = start;
           runEnd = nl + 1;
@@ -274,7 +355,23 @@ export class StreamRegistry {
           runStart = -1;
         }
         start = nl + 1;
+        if (k % every === 0) {
+          const now = performance.now();
+          if (now < sliceEnd) continue;
+          if (!this.chargeCpu(sub, now - t0)) {
+            dropped = true;
+            break;
+          }
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          if (sub.closed) {
+            dropped = true;
+            break;
+          }
+          t0 = performance.now();
+          sliceEnd = t0 + SLICE_MS;
+        }
       }
+      if (dropped || !this.chargeCpu(sub, performance.now() - t0)) continue;
       if (runStart >= 0) {
         parts.push(records.subarray(runStart, runEnd));
         bytes += runEnd - runStart;
@@ -287,17 +384,67 @@ export class StreamRegistry {
       } else {
         piece = Buffer.concat(parts, bytes);
       }
-      // Over the bound with something still queued: the subscriber is behind. (An empty queue
-      // always takes one piece, so a bound smaller than a publish does not drop everyone.)
-      if (
-        sub.records > 0 &&
-        (sub.bytes + piece.length > this.maxBytes || sub.records + n > this.maxRecords)
-      ) {
-        this.drop(sub);
-        continue;
-      }
-      sub.offer(piece, n);
+      this.deliver(sub, piece, n);
     }
+  }
+
+  /**
+   * Queues records for one subscriber (matched elsewhere, e.g. on a scan worker; `records` is
+   * kept, not copied), dropping it if its queue is over the bound.
+   */
+  deliver(sub: Subscription, records: Buffer, n = countLines(records)): void {
+    if (sub.closed || n === 0) return;
+    // Over the bound with something still queued: the subscriber is behind. (An empty queue
+    // always takes one piece, so a bound smaller than a publish does not drop everyone.)
+    if (
+      sub.records > 0 &&
+      (sub.bytes + records.length > this.maxBytes || sub.records + n > this.maxRecords)
+    ) {
+      this.drop(sub);
+      return;
+    }
+    sub.offer(records, n);
+  }
+
+  /**
+   * Charges `ms` of matching CPU to a subscriber's budget; false (and the subscriber dropped)
+   * once the budget is exhausted.
+   */
+  chargeCpu(sub: Subscription, ms: number): boolean {
+    if (sub.closed) return false;
+    const now = performance.now();
+    sub.credit = Math.min(this.cpuBurstMs, sub.credit + (now - sub.creditAt) * this.cpuShare);
+    sub.creditAt = now;
+    sub.credit -= ms;
+    sub.cpuMs += ms;
+    if (sub.credit >= 0) return true;
+    const ctx = { subscriber: sub.id, who: sub.label, cpuMs: Math.round(sub.cpuMs) };
+    sub.close(new ExpensiveSubscriberError(ctx));
+    if (this.subs.delete(sub)) this.metrics.subscribers.dec();
+    this.metrics.dropped.inc();
+    this.metrics.cpuDropped.inc();
+    this.logger.warn(
+      { ...ctx, burstMs: this.cpuBurstMs, share: this.cpuShare },
+      'store: dropping stream subscriber whose filter costs more CPU than its budget; its connection is closed',
+    );
+    return false;
+  }
+
+  /** Drops a subscriber whose matching cannot keep up with what the node receives. */
+  deliverOverflow(sub: Subscription): void {
+    if (!sub.closed) this.drop(sub);
+  }
+
+  /** Drops a subscriber whose matching failed (a worker scan stopped as stalled, an I/O error). */
+  fail(sub: Subscription, err: unknown): void {
+    if (sub.closed) return;
+    const stalled = (err as { code?: string }).code === 'OKLOG_ERR_SCAN_STALLED';
+    sub.close(
+      stalled ? new ExpensiveSubscriberError({ subscriber: sub.id, who: sub.label }) : (err as Error),
+    );
+    if (this.subs.delete(sub)) this.metrics.subscribers.dec();
+    this.metrics.dropped.inc();
+    if (stalled) this.metrics.cpuDropped.inc();
   }
 
   private drop(sub: Subscription): void {

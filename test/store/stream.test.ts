@@ -41,7 +41,7 @@ describe('StreamRegistry', () => {
     const topicB = reg.subscribe({ match: compileFilter({ q: '', regex: false, topic: 'b' }) });
     const body = `${rec(T0, 0, 'ok 1')}${rec(T0 + 1, 0, 'error 2')}${ulidAt(T0 + 2)} b error 3\n`;
     const buf = Buffer.from(body);
-    reg.publish(buf);
+    await reg.publish(buf);
     buf.fill(0); // publish copied what it keeps
     assert.equal(
       Buffer.concat((await errors.take())!).toString(),
@@ -73,8 +73,8 @@ describe('StreamRegistry', () => {
     let published = 0;
     for (let i = 0; i < 100; i++) {
       const t = performance.now();
-      reg.publish(chunk);
-      assert.ok(performance.now() - t < 50, 'publish returns at once');
+      await reg.publish(chunk);
+      assert.ok(performance.now() - t < 50, 'publish does not wait for subscribers');
       published += chunk.length;
       await sleep(0); // the fast reader takes between publishes
     }
@@ -94,12 +94,12 @@ describe('StreamRegistry', () => {
     const { reg } = registryFor({ bufferRecords: 3 });
     const big = reg.subscribe({ match: all });
     const five = Array.from({ length: 5 }, (_, i) => rec(T0 + i, 9, 'r')).join('');
-    reg.publish(Buffer.from(five));
+    await reg.publish(Buffer.from(five));
     assert.equal(Buffer.concat((await big.take())!).toString(), five);
     big.unsubscribe();
     const s = reg.subscribe({ match: all });
-    reg.publish(Buffer.from(rec(T0, 0, 'a') + rec(T0 + 1, 0, 'b')));
-    reg.publish(Buffer.from(rec(T0 + 2, 0, 'c') + rec(T0 + 3, 0, 'd')));
+    await reg.publish(Buffer.from(rec(T0, 0, 'a') + rec(T0 + 1, 0, 'b')));
+    await reg.publish(Buffer.from(rec(T0 + 2, 0, 'c') + rec(T0 + 3, 0, 'd')));
     await assert.rejects(s.take(), { code: 'OKLOG_ERR_SLOW_SUBSCRIBER' });
   });
 });
@@ -256,7 +256,7 @@ describe('/store/_stream and /store/stream over HTTP', () => {
     for (let i = 0; i < 400 && dropped === 0; i++) {
       const keep = rec(T0 + i, 0, `keep ${i}`);
       expected += keep;
-      node.reg.publish(Buffer.from(keep + rec(T0 + i, 1, `drop ${big}`)));
+      await node.reg.publish(Buffer.from(keep + rec(T0 + i, 1, `drop ${big}`)));
       await sleep(1);
       dropped = await metric(node.prom, 'oklog_store_stream_dropped_subscribers_total');
     }
@@ -304,9 +304,9 @@ describe('/store/_stream and /store/stream over HTTP', () => {
         want.push(r.slice(0, -1));
       }
       const buf = Buffer.from(body);
-      (batch % 2 === 0 ? a : b).reg.publish(buf);
+      await (batch % 2 === 0 ? a : b).reg.publish(buf);
       await sleep(60 + batch * 20);
-      (batch % 2 === 0 ? b : a).reg.publish(buf);
+      await (batch % 2 === 0 ? b : a).reg.publish(buf);
     }
     await waitFor(() => user.lines().length >= want.length, 'all records streamed', 10_000);
     await sleep(1000); // > window: any late duplicate would have shown up by now
@@ -329,7 +329,7 @@ describe('/store/_stream and /store/stream over HTTP', () => {
     const b = await startNode(peers);
     peers.store = [a.addr, b.addr];
     await waitFor(() => b.reg.size === 1, 'new peer connected');
-    b.reg.publish(Buffer.from(rec(T0, 0, 'from b')));
+    await b.reg.publish(Buffer.from(rec(T0, 0, 'from b')));
     await waitFor(() => user.lines().length === 1, 'record from the new peer');
     // b's subscriber is dropped from b's side (its registry closes): the stream reconnects.
     await b.reg.close(100);
