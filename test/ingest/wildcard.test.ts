@@ -68,7 +68,7 @@ test('a wildcard -api and ingest address answer on IPv4 and IPv6; tcp4:// only o
     const body = await waitFor(async () => {
       const r = await fetch(`http://[::1]:${ports.api}/store/query?from=1m&to=now`);
       const text = await r.text();
-      return text.split('\n').length - 1 === 3 ? text : null;
+      return text.split('\n').length - 1 === 3 ? text : '';
     }, 'three records queryable');
     assert.match(body, / default over-ipv4\n/);
     assert.match(body, / default over-ipv6\n/);
