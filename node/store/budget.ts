@@ -3,13 +3,15 @@
 // slow readers held thirty queries' worth of read-ahead (RSS 100 → 820 MiB) and glibc kept it
 // afterwards. Every batch of segment scans takes its buffers' bytes from this budget before it
 // starts and gives them back when its scans end:
-// - when the budget is short, a query takes smaller buffers (down to a floor) rather than wait;
-// - when even the floor does not fit, it waits its turn (first come, first served), so a queued
-//   query is still answered, only later;
+// - when the budget is short, a query takes smaller buffers (a fair share) rather than wait;
+// - buffers of the floor size may also use a reserve of half the capacity: queries that arrive
+//   while earlier ones hold full buffers still start, with small ones;
+// - when even that is used up, a new query waits its turn (first come, first served), so a
+//   queued query is still answered, only later; a query already running never waits again
+//   (its next batch takes the floor even over the limit: it has just given back as much);
 // - read-ahead of later batches is taken only while plenty is free;
 // - when too many queries already wait, a new one is refused with 503 and Retry-After.
-// A query never waits while holding a lease (its previous batch has ended), so waiting cannot
-// deadlock.
+// Only a query holding nothing waits, so waiting cannot deadlock.
 import { OklogError } from '../../shared/errors.ts';
 
 /** Too many queries are waiting for read-ahead memory on this node: try again shortly. */
@@ -38,7 +40,7 @@ interface Waiter {
   onAbort?: () => void;
 }
 
-export const DEFAULT_QUERY_MEMORY = 64 * 1024 * 1024;
+export const DEFAULT_QUERY_MEMORY = 32 * 1024 * 1024;
 
 export class MemoryBudget {
   private used = 0;
@@ -46,14 +48,24 @@ export class MemoryBudget {
   /** Highest `used` seen (tests, metrics). */
   peak = 0;
 
+  /** Leases held now. */
+  holders = 0;
+  /** Told after every change (metrics). */
+  onChange: (() => void) | null = null;
+  /** Extra room for floor-size leases beyond the capacity. */
+  readonly reserve: number;
+
   constructor(
     readonly capacity: number = DEFAULT_QUERY_MEMORY,
     /** Queries that may wait at once; beyond, QueryBusyError. */
     readonly maxWaiting = 64,
-  ) {}
+  ) {
+    this.reserve = Math.floor(capacity / 2);
+  }
 
+  /** Bytes free below the capacity (what full-size buffers may use). */
   get free(): number {
-    return this.capacity - this.used;
+    return Math.max(0, this.capacity - this.used);
   }
 
   get waiting(): number {
@@ -72,7 +84,9 @@ export class MemoryBudget {
 
   private lease(bytes: number): Lease {
     this.used += bytes;
+    this.holders++;
     if (this.used > this.peak) this.peak = this.used;
+    this.onChange?.();
     let released = false;
     return {
       bytes,
@@ -80,27 +94,45 @@ export class MemoryBudget {
         if (released) return;
         released = true;
         this.used -= bytes;
+        this.holders--;
         this.grant();
+        this.onChange?.();
       },
     };
   }
 
-  /** `bytes` (at most the capacity) now, if they fit and nobody is waiting; else null. */
-  tryTake(bytes: number): Lease | null {
+  /**
+   * `bytes` now, even beyond the capacity: for a query already running, whose next batch must
+   * not queue behind newcomers (it has just given back about as much).
+   */
+  force(bytes: number): Lease {
+    return this.lease(bytes);
+  }
+
+  /**
+   * `bytes` (at most the capacity) now, if they fit and nobody is waiting; else null. `floor`:
+   * a floor-size lease, which may also use the reserve.
+   */
+  tryTake(bytes: number, floor = false): Lease | null {
     const b = Math.min(bytes, this.capacity);
-    if (this.queue.length > 0 || b > this.free) return null;
+    const limit = this.capacity + (floor ? this.reserve : 0);
+    if (this.queue.length > 0 || this.used + b > limit) return null;
     return this.lease(b);
   }
 
   /**
-   * `bytes` (at most the capacity), waiting in line for them; resolves null if `signal` aborts
-   * first. Throws QueryBusyError when the line is full.
+   * A floor-size lease of `bytes`, waiting in line for it; resolves null if `signal` aborts
+   * first. Rejects with QueryBusyError when the line is full.
    */
   take(bytes: number, signal?: AbortSignal): Promise<Lease | null> {
-    const now = this.tryTake(bytes);
+    const now = this.tryTake(bytes, true);
     if (now !== null) return Promise.resolve(now);
     if (signal?.aborted) return Promise.resolve(null);
-    this.admit();
+    try {
+      this.admit();
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise((resolve) => {
       const w: Waiter = { bytes: Math.min(bytes, this.capacity), resolve, signal };
       if (signal !== undefined) {
@@ -109,15 +141,17 @@ export class MemoryBudget {
           if (i >= 0) this.queue.splice(i, 1);
           resolve(null);
           this.grant(); // the one behind may fit now
+          this.onChange?.();
         };
         signal.addEventListener('abort', w.onAbort, { once: true });
       }
       this.queue.push(w);
+      this.onChange?.();
     });
   }
 
   private grant(): void {
-    while (this.queue.length > 0 && this.queue[0].bytes <= this.free) {
+    while (this.queue.length > 0 && this.used + this.queue[0].bytes <= this.capacity + this.reserve) {
       const w = this.queue.shift() as Waiter;
       if (w.onAbort) w.signal?.removeEventListener('abort', w.onAbort);
       w.resolve(this.lease(w.bytes));

@@ -2,7 +2,7 @@
 // outside the JS heap. V8 collects them only once ~64 MiB of such external memory has piled up per
 // isolate (or when the small JS heap fills, which a streaming loop rarely does), so RSS plateaus
 // far above what is in use. A minor GC (scavenge, ~1 ms) every few MiB streamed frees them early.
-import { setFlagsFromString } from 'node:v8';
+import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 type GcFn = (opts?: { type?: 'major' | 'minor'; execution?: 'sync' | 'async' }) => void;
@@ -21,7 +21,19 @@ function getGc(): GcFn | null {
   return gcFn;
 }
 
-/** Counts bytes streamed and runs a minor GC every `everyBytes`. */
+/**
+ * External memory that may pile up beyond what survived the last full collection before one is
+ * forced. Buffers that live a while (queued for slow clients) are promoted and only a full
+ * collection frees them; V8 waits for some 64 MiB of them, on every isolate.
+ */
+const MAJOR_AFTER_BYTES = 32 << 20;
+let externalFloor = 0;
+
+/**
+ * Counts bytes streamed and runs a minor GC every `everyBytes`; a full one when external memory
+ * has grown by MAJOR_AFTER_BYTES since the last (a fast stream's buffers die young and never get
+ * there: its cost stays a minor GC per 16 MiB).
+ */
 export class GcNudge {
   private bytes = 0;
   constructor(private readonly everyBytes = 16 << 20) {}
@@ -29,7 +41,14 @@ export class GcNudge {
     this.bytes += n;
     if (this.bytes < this.everyBytes) return;
     this.bytes = 0;
-    getGc()?.({ type: 'minor' });
+    const gc = getGc();
+    if (gc === null) return;
+    gc({ type: 'minor' });
+    if (getHeapStatistics().external_memory > externalFloor + MAJOR_AFTER_BYTES) {
+      gc({ type: 'major', execution: 'sync' });
+      gc({ type: 'major', execution: 'sync' });
+      externalFloor = getHeapStatistics().external_memory;
+    }
   }
 }
 

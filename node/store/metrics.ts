@@ -1,7 +1,7 @@
 // The store's Prometheus metrics (reference §10), registered on the node's registry. Metrics the
 // consumer also uses (`oklog_store_replicated_*{direction}`) are shared: whoever registers first
 // creates them, the other reuses them.
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface StoreMetrics {
   compactDuration: Histogram<'kind' | 'compacted' | 'result'>;
@@ -21,6 +21,9 @@ export interface StoreMetrics {
   queryMalformedLines: Counter;
   /** Queries refused (503) because too many were waiting for read-ahead memory. */
   queryBusy: Counter;
+  /** Read-ahead bytes leased by queries now, and queries waiting for some. */
+  queryMemoryBytes: Gauge;
+  queryMemoryWaiting: Gauge;
 }
 
 function shared<T>(registry: Registry, name: string, make: () => T): T {
@@ -156,6 +159,26 @@ export function createStoreMetrics(registry: Registry): StoreMetrics {
         new Counter({
           name: 'oklog_store_query_busy_total',
           help: 'Queries refused with 503 because too many were waiting for read-ahead memory.',
+          registers,
+        }),
+    ),
+    queryMemoryBytes: shared(
+      registry,
+      'oklog_store_query_memory_bytes',
+      () =>
+        new Gauge({
+          name: 'oklog_store_query_memory_bytes',
+          help: 'Read-ahead bytes leased by running queries (bounded by -store.query-memory, plus a reserve).',
+          registers,
+        }),
+    ),
+    queryMemoryWaiting: shared(
+      registry,
+      'oklog_store_query_memory_waiting',
+      () =>
+        new Gauge({
+          name: 'oklog_store_query_memory_waiting',
+          help: 'Queries waiting for read-ahead memory before they start scanning.',
           registers,
         }),
     ),

@@ -117,6 +117,8 @@ export class LocalQuery {
   private readonly leases = new Set<Lease>();
   private malformed = 0;
   private pending = 0;
+  /** The query has had its first read-ahead: its later batches do not queue again. */
+  private admitted = false;
 
   constructor(
     private readonly log: StoreLog,
@@ -158,29 +160,38 @@ export class LocalQuery {
   }
 
   /**
-   * Read-ahead for the files of one batch, from the node budget: the full buffers if they fit,
-   * smaller ones if the budget is short, else (`wait`) the smallest once it is this query's
-   * turn. Null: not now (`wait` false), or the query was stopped while waiting.
+   * Read-ahead for the files of one batch, from the node budget. `ahead`: a later batch, only
+   * if it fits with room to spare, else null. Otherwise the batch being merged: the full buffers
+   * if they fit in a fair share, else smaller ones, else the floor size (which may use the
+   * budget's reserve). The query's first batch waits its turn when even the floor does not fit
+   * (null if the query is stopped meanwhile); its later batches never wait, so a query once
+   * admitted always finishes, whatever waits behind it (clients that stopped reading hold their
+   * leases for as long as they stay connected).
    */
   private async leaseFor(
     files: readonly SegmentRef[],
-    wait: boolean,
+    mode: 'first' | 'next' | 'ahead',
   ): Promise<{ buffer: number; lease: Lease | null } | null> {
     const full = this.bufferFor(files.length);
     const budget = this.opts.budget;
     if (budget === undefined) return { buffer: full, lease: null };
     const worker = this.onWorkers(this.log.fs);
     const cost = (b: number) => files.length * scanMemory(b, worker);
-    const keep = wait ? 0 : budget.capacity * AHEAD_RESERVE;
-    if (budget.free - cost(full) >= keep) {
+    if (mode === 'ahead') {
+      if (budget.free - cost(full) < budget.capacity * AHEAD_RESERVE) return null;
       const l = budget.tryTake(cost(full));
-      if (l !== null) return this.hold(l, full);
+      return l === null ? null : this.hold(l, full);
     }
-    if (!wait) return null;
-    const fit = Math.floor(budget.free / files.length / scanMemory(1, worker));
-    const b = Math.min(full, Math.max(MIN_READ_CHUNK, fit));
-    const now = budget.tryTake(cost(b));
+    // A fair share: no more than a quarter of the budget, than what each query holding some
+    // would have if this one joined, or than half of what is free.
+    const share = Math.min(budget.capacity / 4, budget.capacity / (budget.holders + 1), budget.free / 2);
+    const fit = Math.floor(share / files.length / scanMemory(1, worker));
+    const b = Math.min(full, fit);
+    const now = b >= MIN_READ_CHUNK ? budget.tryTake(cost(b)) : null;
     if (now !== null) return this.hold(now, b);
+    const floor = budget.tryTake(cost(MIN_READ_CHUNK), true);
+    if (floor !== null) return this.hold(floor, MIN_READ_CHUNK);
+    if (mode === 'next') return this.hold(budget.force(cost(MIN_READ_CHUNK)), MIN_READ_CHUNK);
     const later = await budget.take(cost(MIN_READ_CHUNK), this.opts.signal);
     return later === null ? null : this.hold(later, MIN_READ_CHUNK);
   }
@@ -320,7 +331,8 @@ export class LocalQuery {
     const e = ref.entry;
     const whole = this.filter.all && e.low >= this.params.from && e.high <= this.params.to;
     if (whole && e.records !== null) return e.records;
-    const leased = await this.leaseFor([ref], true);
+    const leased = await this.leaseFor([ref], this.admitted ? 'next' : 'first');
+    this.admitted = true;
     if (leased === null) return 0; // stopped while waiting
     const { buffer, lease } = leased;
     const chunk = Math.min(READ_CHUNK_MAX, buffer);
@@ -385,7 +397,7 @@ export class LocalQuery {
         let ahead = 0;
         for (const s of started) if (s.batch > current && !s.done) ahead++;
         if (ahead + batches[nextBatch].length > this.opts.concurrency) return;
-        const leased = await this.leaseFor(batches[nextBatch], false);
+        const leased = await this.leaseFor(batches[nextBatch], 'ahead');
         if (leased === null) return;
         startBatch(nextBatch, leased);
       }
@@ -394,9 +406,10 @@ export class LocalQuery {
       for (let b = 0; b < batches.length; b++) {
         if (signal?.aborted) return;
         if (nextBatch === b) {
-          // The batch being merged needs all its files at once: wait for its read-ahead if the
-          // node's budget is short (this query holds none now, so the wait cannot deadlock).
-          const leased = await this.leaseFor(batches[b], true);
+          // The batch being merged needs all its files at once. Only a query's first batch waits
+          // for the budget, before it holds anything: waiting cannot deadlock.
+          const leased = await this.leaseFor(batches[b], this.admitted ? 'next' : 'first');
+          this.admitted = true;
           if (leased === null) return;
           startBatch(b, leased);
         }

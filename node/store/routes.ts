@@ -104,6 +104,10 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   const { log, metrics } = opts;
   const receive = replicaReceiver(opts);
   const budget = new MemoryBudget(opts.queryMemory);
+  budget.onChange = () => {
+    metrics.queryMemoryBytes.set(budget.inUse);
+    metrics.queryMemoryWaiting.set(budget.waiting);
+  };
   const idle = new IdleCollector();
 
   const localQuery = (params: QueryParams, signal: AbortSignal, logger: Pick<Logger, 'warn'>) =>

@@ -228,6 +228,7 @@ class PoolScan implements AsyncIterableIterator<Buffer> {
     this.forget();
     if (stalled === null && died === null && this.resumes < MAX_RESUMES) {
       this.resumes++;
+      this.pool.resumed++;
       this.countBase = this.count;
       this.cpuBase = this.cpuMs;
       this.malformedBase = this.malformed;
@@ -350,8 +351,9 @@ export class ScanPool {
   private watchdog: NodeJS.Timeout | null = null;
   private lastWatch = 0;
   readonly stallMs: number;
-  /** Workers terminated for stalling (for tests and logs). */
+  /** Workers terminated for stalling, and scans resumed elsewhere since (tests, logs). */
   stalls = 0;
+  resumed = 0;
 
   /**
    * `size` workers (default: defaultScanWorkers, `-store.query-workers`), started on first use

@@ -4,7 +4,7 @@
 // and only a hit costs finding its line's bounds; lines without the term are never looked at.
 import { type FileHandle, open } from 'node:fs/promises';
 import { NEWLINE, SPACE } from '../../shared/record.ts';
-import { isCanonicalUlidAt, ULID_LENGTH } from '../../shared/ulid.ts';
+import { ULID_LENGTH } from '../../shared/ulid.ts';
 import type { FileSystem } from '../fs/index.ts';
 import type { RecordMatcher } from './filter.ts';
 import { compareUlid, countLines } from './lines.ts';
@@ -139,9 +139,46 @@ export interface ScanFilter {
 
 const MIN_LINE = ULID_LENGTH + 1;
 
-/** A record's start: a canonical ULID and a space, the line at least that long. */
-function isRecordAt(buf: Buffer, ls: number, le: number): boolean {
-  return le - ls >= MIN_LINE && buf[ls + ULID_LENGTH] === SPACE && isCanonicalUlidAt(buf, ls);
+/** 1 for the bytes of a canonical (upper-case Crockford) ULID. */
+const ULID_CHAR = new Uint8Array(256);
+for (const c of '0123456789ABCDEFGHJKMNPQRSTVWXYZ') ULID_CHAR[c.charCodeAt(0)] = 1;
+
+/**
+ * A record's start: a canonical ULID and a space, the line at least that long. Unrolled (no
+ * loop): an export checks every line with it, and this costs it about half as much as a loop.
+ */
+function isRecordAt(b: Buffer, ls: number, le: number): boolean {
+  if (le - ls < MIN_LINE || b[ls + ULID_LENGTH] !== SPACE || b[ls] > 0x37) return false;
+  const t = ULID_CHAR;
+  return (
+    (t[b[ls]] &
+      t[b[ls + 1]] &
+      t[b[ls + 2]] &
+      t[b[ls + 3]] &
+      t[b[ls + 4]] &
+      t[b[ls + 5]] &
+      t[b[ls + 6]] &
+      t[b[ls + 7]] &
+      t[b[ls + 8]] &
+      t[b[ls + 9]] &
+      t[b[ls + 10]] &
+      t[b[ls + 11]] &
+      t[b[ls + 12]] &
+      t[b[ls + 13]] &
+      t[b[ls + 14]] &
+      t[b[ls + 15]] &
+      t[b[ls + 16]] &
+      t[b[ls + 17]] &
+      t[b[ls + 18]] &
+      t[b[ls + 19]] &
+      t[b[ls + 20]] &
+      t[b[ls + 21]] &
+      t[b[ls + 22]] &
+      t[b[ls + 23]] &
+      t[b[ls + 24]] &
+      t[b[ls + 25]]) ===
+    1
+  );
 }
 
 /**
@@ -297,16 +334,15 @@ export class Scanner {
   }
 
   /**
-   * Every record of the region, as runs of lines; a line that is not a record is left out. An
-   * export looks at no line otherwise, so this check is kept to what a copy can afford: the
-   * length and the space after the ULID (the filters check the ULID itself).
+   * Every record of the region, as runs of lines; a line that is not a record is left out (an
+   * export looks at no line otherwise: this walk costs it about a tenth of its time).
    */
   private copyRecords(buf: Buffer, start: number, end: number, deadline: number): number {
     let run = start;
     let lines = 0;
     for (let ls = start; ls < end; ) {
       const le = buf.indexOf(NEWLINE, ls);
-      if (le - ls < MIN_LINE || buf[ls + ULID_LENGTH] !== SPACE) {
+      if (!isRecordAt(buf, ls, le)) {
         if (ls > run) this.out.add(buf, run, ls);
         this.malformed++;
         run = le + 1;

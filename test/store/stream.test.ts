@@ -7,12 +7,19 @@ import { after, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import { Registry } from 'prom-client';
 import { buildApiServer } from '../../node/api/index.ts';
+import { RealFileSystem } from '../../node/fs/index.ts';
 import { compileFilter } from '../../node/store/filter.ts';
+import { SegmentPublisher } from '../../node/store/publish.ts';
+import { openStoreLog } from '../../node/store/recovery.ts';
+import { receiveSegment } from '../../node/store/replicate.ts';
+import { ScanPool } from '../../node/store/scan-pool.ts';
+import type { SegmentEntry } from '../../node/store/store-log.ts';
 import { createStreamMetrics, SlowSubscriberError, StreamRegistry } from '../../node/store/stream.ts';
 import { parseWindow, streamRoutes } from '../../node/store/stream-routes.ts';
 import { WindowDeduper } from '../../node/store/window.ts';
-import { sleep, waitFor } from '../helpers/index.ts';
+import { sleep, tempDir, waitFor } from '../helpers/index.ts';
 import { captureLogger, MutablePeers, rec, T0, ulidAt } from './consumer-fakes.ts';
+import { silent } from './helpers.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {
@@ -21,7 +28,9 @@ after(async () => {
 
 const all = compileFilter({ q: '', regex: false });
 
-function registryFor(over: { bufferBytes?: number; bufferRecords?: number } = {}) {
+function registryFor(
+  over: { bufferBytes?: number; bufferRecords?: number; cpuBurstMs?: number; cpuShare?: number } = {},
+) {
   const prom = new Registry();
   const { logger, lines } = captureLogger();
   const reg = new StreamRegistry({ logger, metrics: createStreamMetrics(prom), ...over });
@@ -101,6 +110,125 @@ describe('StreamRegistry', () => {
     await reg.publish(Buffer.from(rec(T0, 0, 'a') + rec(T0 + 1, 0, 'b')));
     await reg.publish(Buffer.from(rec(T0 + 2, 0, 'c') + rec(T0 + 3, 0, 'd')));
     await assert.rejects(s.take(), { code: 'OKLOG_ERR_SLOW_SUBSCRIBER' });
+  });
+});
+
+describe('StreamRegistry CPU budget and SegmentPublisher', () => {
+  const evil = `(${Array.from({ length: 60 }, (_, i) => `p${i}`).join('|')})*${'(.*)'.repeat(31)}QQQ`;
+  const bodyOf = async function* (text: string) {
+    yield Buffer.from(text);
+  };
+  const pBody = (from: number, n: number) =>
+    Array.from({ length: n }, (_, i) => rec(T0 + from + i, 0, `${'p'.repeat(150)} ${i}`)).join('');
+
+  test('matching gives the event loop back; a subscriber over its CPU budget is dropped, others served', async () => {
+    const { reg, prom, lines } = registryFor({ cpuBurstMs: 200, cpuShare: 0.05 });
+    const spec = { q: evil, regex: true };
+    const expensive = reg.subscribe({ match: compileFilter(spec), spec, label: 'expensive' });
+    const cheap = reg.subscribe({ match: compileFilter({ q: '9', regex: false }), label: 'cheap' });
+    // The event loop's longest stall while publishing: a timer that should tick every ms.
+    let last = performance.now();
+    let worst = 0;
+    const tick = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last);
+      last = now;
+    }, 1);
+    const body = pBody(0, 2000);
+    const t = performance.now();
+    await reg.publish(Buffer.from(body));
+    clearInterval(tick);
+    assert.ok(worst < 50, `the event loop stalled ${worst.toFixed(0)} ms`);
+    assert.ok(performance.now() - t < 5000);
+    await assert.rejects(expensive.take(), { code: 'OKLOG_ERR_EXPENSIVE_SUBSCRIBER' });
+    assert.equal(await metric(prom, 'oklog_store_stream_cpu_dropped_subscribers_total'), 1);
+    assert.equal(await metric(prom, 'oklog_store_stream_dropped_subscribers_total'), 1);
+    assert.ok(
+      lines.some((l) => String(l.msg).includes('costs more CPU than its budget') && l.who === 'expensive'),
+    );
+    const got = Buffer.concat((await cheap.take()) ?? []).toString();
+    assert.equal(
+      got,
+      body
+        .split('\n')
+        .filter((l) => l.slice(27).includes('9'))
+        .map((l) => `${l}\n`)
+        .join(''),
+    );
+    await reg.close();
+  });
+
+  test('with scan workers, regex subscribers are matched there: in order, charged, dropped over budget', async () => {
+    const dir = await tempDir('oklog-publish-');
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: dir.path, logger: silent });
+    const pool = new ScanPool(silent, 2);
+    const { reg, prom } = registryFor({ cpuBurstMs: 300, cpuShare: 0.05 });
+    const publisher = new SegmentPublisher(log, reg, silent, { pool });
+    try {
+      const re = { q: ' [0-9]*7$', regex: true };
+      const sevens = reg.subscribe({ match: compileFilter(re), spec: re });
+      const bad = { q: evil, regex: true };
+      const expensive = reg.subscribe({ match: compileFilter(bad), spec: bad });
+      const plain = reg.subscribe({ match: compileFilter({ q: 'p 1', regex: false }) });
+      const bodies = [pBody(0, 3000), pBody(10_000, 3000), pBody(20_000, 3000)];
+      for (const b of bodies) {
+        const r = await receiveSegment(log, bodyOf(b), true);
+        publisher.enqueue(r.entry as SegmentEntry);
+      }
+      await assert.rejects(expensive.take(), { code: 'OKLOG_ERR_EXPENSIVE_SUBSCRIBER' });
+      await publisher.drain();
+      const all = bodies.join('').split('\n').filter(Boolean);
+      const want = (f: (l: string) => boolean) =>
+        all
+          .filter(f)
+          .map((l) => `${l}\n`)
+          .join('');
+      let got = '';
+      while (got.length < want((l) => / [0-9]*7$/.test(l)).length)
+        got += Buffer.concat((await sevens.take()) ?? []).toString();
+      assert.equal(
+        got,
+        want((l) => / [0-9]*7$/.test(l)),
+        'in segment order, each once',
+      );
+      let p = '';
+      while (p.length < want((l) => l.includes('p 1')).length)
+        p += Buffer.concat((await plain.take()) ?? []).toString();
+      assert.equal(
+        p,
+        want((l) => l.includes('p 1')),
+      );
+      assert.equal(await metric(prom, 'oklog_store_stream_cpu_dropped_subscribers_total'), 1);
+      assert.ok(sevens.cpuMs > 0, 'worker time is charged to the subscriber');
+      assert.equal(pool.activeScans, 0);
+    } finally {
+      await reg.close(100);
+      await publisher.drain();
+      await pool.close();
+      await log.close();
+      await dir.cleanup();
+    }
+  });
+
+  test('a publishing backlog beyond its bound is skipped and counted', async () => {
+    const dir = await tempDir('oklog-publish-');
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: dir.path, logger: silent });
+    const { reg, prom } = registryFor();
+    const publisher = new SegmentPublisher(log, reg, silent, { maxPending: 1 });
+    try {
+      const sub = reg.subscribe({ match: all });
+      const entries: SegmentEntry[] = [];
+      for (let k = 0; k < 3; k++)
+        entries.push((await receiveSegment(log, bodyOf(pBody(k * 100, 10)), true)).entry as SegmentEntry);
+      for (const e of entries) publisher.enqueue(e); // the first is in progress, the rest over the bound
+      await publisher.drain();
+      assert.equal(await metric(prom, 'oklog_store_stream_skipped_segments_total'), 2);
+      assert.equal(Buffer.concat((await sub.take()) ?? []).toString(), pBody(0, 10));
+    } finally {
+      await reg.close(100);
+      await log.close();
+      await dir.cleanup();
+    }
   });
 });
 
