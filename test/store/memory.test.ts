@@ -4,11 +4,12 @@
 // Retry-After when too many wait, and a large selective result merged from two nodes (fan-out
 // merge + worker scans). RSS is read from /proc (VmRSS, VmHWM) of the node process.
 import assert from 'node:assert/strict';
-import { readFile, writeFile } from 'node:fs/promises';
+import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { MemoryBudget, QueryBusyError } from '../../node/store/budget.ts';
+import { encodeTime } from '../../shared/ulid.ts';
 import { type Proc, startOklog, tempDir, waitFor } from '../helpers/index.ts';
 import { line, T0, ulidAt } from './helpers.ts';
 
@@ -32,11 +33,16 @@ function memory(pid: number): Promise<{ rss: number; hwm: number }> {
 async function writeSegments(dir: string, startMs: number, count: number, segMiB: number): Promise<number> {
   const perSeg = Math.floor((segMiB * MiB) / 200);
   const pad = 'p'.repeat(200 - line(T0, 0, ' 00000000').length);
+  // Every record is the same template with its own ULID time and number written in: hundreds of
+  // MiB in about a second.
+  const template = Buffer.from(line(startMs, 0, `${pad} 00000000`), 'latin1');
   for (let s = 0; s < count; s++) {
     const buf = Buffer.allocUnsafe(perSeg * 200);
+    buf.fill(template);
     for (let i = 0; i < perSeg; i++) {
       const n = s * perSeg + i;
-      buf.write(line(startMs + n, 0, `${pad} ${String(n).padStart(8, '0')}`), i * 200, 'latin1');
+      encodeTime(startMs + n, buf, i * 200);
+      buf.write(String(n).padStart(8, '0'), i * 200 + 191, 'latin1');
     }
     const lo = ulidAt(startMs + s * perSeg);
     const hi = ulidAt(startMs + s * perSeg + perSeg - 1);
@@ -231,10 +237,13 @@ test('a tight query budget: queries queue and are answered; too many waiting get
     assert.match(await busy.text(), /retry shortly/);
     // The holders go: the first in line gets its turn and its whole answer.
     for (const h of holders) h.close();
+    let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       queued,
-      new Promise((_, rej) => setTimeout(() => rej(new Error('queued query not answered')), 30_000)),
-    ]);
+      new Promise((_, rej) => {
+        timer = setTimeout(() => rej(new Error('queued query not answered')), 30_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
     assert.equal(lines, records);
     const m = await (await fetch(`${node.api}/metrics`)).text();
     assert.match(m, /^oklog_store_query_busy_total 1$/m);
@@ -252,7 +261,7 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
   dirs.push(da, db);
   // The same records on both nodes (replicas): the fan-out merges them and drops the copies.
   const records = await writeSegments(da.path, T0, 2, 64);
-  await writeSegments(db.path, T0, 2, 64);
+  for (const f of await readdir(da.path)) await copyFile(join(da.path, f), join(db.path, f));
   const b = await startStore(db.path);
   const a = await startStore(da.path, ['-peer', `127.0.0.1:${b.ports.cluster}`]);
   await waitFor(
