@@ -13,7 +13,7 @@ import type { QueryStats } from './query-headers.ts';
 import type { QueryParams } from './query-params.ts';
 import { newScanGroup, type PoolScan, type PoolScanJob, type ScanPool } from './scan-pool.ts';
 import { openChunkReader, type ScanFilter, scanSegment } from './segment-reader.ts';
-import type { SegmentRef, StoreLog } from './store-log.ts';
+import type { SegmentEntry, SegmentRef, StoreLog } from './store-log.ts';
 
 export interface LocalQueryOptions {
   /** Most segment scans running (or holding read-ahead) at once, beyond the batch being merged. */
@@ -27,8 +27,11 @@ export interface LocalQueryOptions {
   splitBytes?: number;
   /** The node-wide read-ahead budget (-store.query-memory); without it, no node-wide bound. */
   budget?: MemoryBudget;
-  /** Told how many lines were skipped as not records (once, when the scans are done). */
-  onMalformed?: (n: number) => void;
+  /**
+   * Told how many lines were skipped as not records, and in which segments (once, when the scans
+   * are done), so that those segments can be repaired.
+   */
+  onMalformed?: (n: number, segments: SegmentEntry[]) => void;
 }
 
 /** Groups segments sorted by LOW into batches whose ranges overlap transitively. */
@@ -116,6 +119,7 @@ export class LocalQuery {
   private readonly group = newScanGroup();
   private readonly leases = new Set<Lease>();
   private malformed = 0;
+  private readonly malformedIn = new Set<SegmentEntry>();
   private pending = 0;
   /** The query has had its first read-ahead: its later batches do not queue again. */
   private admitted = false;
@@ -225,12 +229,12 @@ export class LocalQuery {
     // record is a copy, cheaper here than copied twice across threads.
     if (pool !== undefined && this.onWorkers(fs)) {
       const opts = { signal, group: this.group, ulids };
-      const scans = this.poolJobs(ref, chunk, buffer, pool).map((j) => this.counted(pool.scan(j, opts)));
+      const scans = this.poolJobs(ref, chunk, buffer, pool).map((j) =>
+        this.counted(ref.entry, pool.scan(j, opts)),
+      );
       return scans.length === 1 ? scans[0] : new ConcatSource(scans);
     }
-    const onMalformed = (n: number) => {
-      this.malformed += n;
-    };
+    const onMalformed = (n: number) => this.noteMalformed(ref.entry, n);
     return (async function* () {
       const reader = await openChunkReader(fs, ref.path, chunk);
       yield* scanSegment(reader, filter, ulidBytes(ref.entry.low), ulidBytes(ref.entry.high), {
@@ -242,13 +246,13 @@ export class LocalQuery {
   }
 
   /** Adds a worker scan's skipped lines to the query's count when it is done. */
-  private counted(scan: PoolScan): AsyncIterator<Buffer> {
+  private counted(entry: SegmentEntry, scan: PoolScan): AsyncIterator<Buffer> {
     this.pending++;
     let noted = false;
     const note = () => {
       if (noted) return;
       noted = true;
-      this.malformed += scan.malformed;
+      this.noteMalformed(entry, scan.malformed);
       if (--this.pending === 0) this.reportMalformed();
     };
     return {
@@ -268,10 +272,17 @@ export class LocalQuery {
     };
   }
 
+  private noteMalformed(entry: SegmentEntry, n: number): void {
+    if (n === 0) return;
+    this.malformed += n;
+    this.malformedIn.add(entry);
+  }
+
   private reportMalformed(): void {
     if (this.malformed === 0) return;
-    this.opts.onMalformed?.(this.malformed);
+    this.opts.onMalformed?.(this.malformed, [...this.malformedIn]);
     this.malformed = 0;
+    this.malformedIn.clear();
   }
 
   /**
@@ -349,7 +360,7 @@ export class LocalQuery {
         }
         for (const sc of scans) {
           n += sc.count;
-          this.malformed += sc.malformed;
+          this.noteMalformed(e, sc.malformed);
         }
       } else {
         for await (const c of { [Symbol.asyncIterator]: () => this.scan(this.log.fs, ref, buffer) })

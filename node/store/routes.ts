@@ -118,9 +118,15 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
       pool: opts.pool,
       splitBytes: opts.splitBytes,
       budget,
-      onMalformed: (n) => {
+      onMalformed: (n, segments) => {
         metrics.queryMalformedLines.inc(n);
-        logger.warn({ lines: n }, 'store: query skipped lines that are not records (see StoreLog repair)');
+        logger.warn(
+          { lines: n, segments: segments.map((e) => e.base) },
+          'store: query skipped lines that are not records; repairing the segments that hold them',
+        );
+        // Once per segment (StoreLog.repair never throws): the good records move to a new
+        // segment, the rest aside to .bad, so later queries and compaction see clean files.
+        for (const e of segments) void log.repair(e, `query found ${n} line(s) that are not records`);
       },
     });
 
