@@ -11,6 +11,9 @@
 //   text/plain; charset=utf-8), so a client never waits for the first record to know the stream
 //   is on. When the client goes, every upstream connection is closed.
 //
+// When the node shuts down, both end their responses cleanly (the user stream after writing what
+// its window holds), so a client can tell a shutdown from a crash.
+//
 // Both answer 400 (before any header) for an invalid regex or topic.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
@@ -140,6 +143,7 @@ export function streamRoutes(opts: StreamRoutesOptions): FastifyPluginAsync {
     const params = new URLSearchParams(raw);
     compileFilter(filterSpec(params)); // invalid regex/topic: 400 here, not 400s from every node
     const windowMs = parseWindow(params.get('window'));
+    registry.assertOpen(); // 503 when shutting down
     const res = startStream(reply);
     const window = new WindowDeduper({
       windowMs,
@@ -173,7 +177,19 @@ export function streamRoutes(opts: StreamRoutesOptions): FastifyPluginAsync {
       },
       Math.max(10, Math.floor(windowMs / 10)),
     );
+    // The node is shutting down: what the window holds goes out, then a clean end of the response,
+    // so the client can tell a shutdown from a crash (a cut connection).
+    const end = () => {
+      clearInterval(tick);
+      fanout.stop();
+      if (res.destroyed) return;
+      const rest = window.drain(Number.POSITIVE_INFINITY);
+      if (rest !== null) res.write(rest);
+      res.end();
+    };
+    registry.shutdown.addEventListener('abort', end, { once: true });
     res.once('close', () => {
+      registry.shutdown.removeEventListener('abort', end);
       clearInterval(tick);
       fanout.stop();
       logger.debug(

@@ -271,6 +271,9 @@ export class StreamRegistry {
   private readonly maxBytes: number;
   private nextId = 1;
   private closed = false;
+  private readonly closing = new AbortController();
+  /** Aborted when the registry closes (the node is shutting down): user streams end then too. */
+  readonly shutdown: AbortSignal = this.closing.signal;
   readonly cpuBurstMs: number;
   readonly cpuShare: number;
 
@@ -297,8 +300,13 @@ export class StreamRegistry {
     return this.subs.size > 0;
   }
 
-  subscribe(opts: SubscribeOptions): Subscription {
+  /** Throws StreamClosedError (503) once the node is shutting down. */
+  assertOpen(): void {
     if (this.closed) throw new StreamClosedError();
+  }
+
+  subscribe(opts: SubscribeOptions): Subscription {
+    this.assertOpen();
     const sub = new Subscription(
       this.nextId++,
       opts.label ?? '',
@@ -464,6 +472,7 @@ export class StreamRegistry {
    */
   async close(timeoutMs = 1000): Promise<void> {
     this.closed = true;
+    this.closing.abort();
     const subs = [...this.subs];
     for (const s of subs) s.close(null);
     if (subs.length === 0) return;

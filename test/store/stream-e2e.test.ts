@@ -20,11 +20,18 @@ const iso = (ms: number) => new Date(ms).toISOString();
 function openStream(url: string) {
   const chunks: Buffer[] = [];
   const req = request(url);
+  /** 'end' for a clean end of the response, 'cut' for a connection closed without one. */
+  let ended: (how: 'end' | 'cut') => void = () => {};
+  const end = new Promise<'end' | 'cut'>((resolve) => {
+    ended = resolve;
+  });
   const headers = new Promise<number>((resolve, reject) => {
     req.once('error', reject);
     req.once('response', (res) => {
       res.on('data', (d: Buffer) => chunks.push(d));
-      res.on('error', () => {});
+      res.on('error', () => ended('cut'));
+      res.on('end', () => ended('end'));
+      res.on('close', () => ended(res.complete ? 'end' : 'cut'));
       resolve(res.statusCode ?? 0);
     });
   });
@@ -33,6 +40,7 @@ function openStream(url: string) {
   return {
     headers,
     lines: () => Buffer.concat(chunks).toString().split('\n').filter(Boolean),
+    end,
     close: () => req.destroy(),
   };
 }
@@ -98,7 +106,8 @@ test('ingeststore: fast-port records become queryable and stream once', async ()
   const streamed = stream.lines();
   assert.equal(streamed.length, n, 'each record streamed once');
   assert.deepEqual(streamed, queried, 'the same records, in the same order');
-  stream.close();
+  // A node shutting down ends the open stream cleanly (a crash would cut it).
   assert.equal(await node.proc.kill('SIGTERM'), 0);
   proc = null;
+  assert.equal(await stream.end, 'end');
 });
