@@ -6,118 +6,22 @@
 // (within 10 s, the issue's bound, measured from the kill), then 200 with the two survivors only;
 // records forwarded afterwards are replicated to both survivors and queryable.
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { numberedLines, run } from '../cli/helpers.ts';
-import { freePort, type Proc, sleep, spawnTs, tempDir, waitFor } from '../helpers/index.ts';
+import { sleep, waitFor } from '../helpers/index.ts';
+import { ProcCluster, type ProcNode, peersOf } from './procs.ts';
 
 const N = 20_000; // records forwarded before the kill
 const M = 5_000; // records forwarded after the victim is dead
 const DEAD_WITHIN_MS = 10_000;
 
-interface Node {
-  label: string;
-  mode: 'ingest' | 'store';
-  host: string;
-  /** API `host:port`, as the cluster advertises it. */
-  api: string;
-  fast: number;
-  cluster: number;
-  proc: Proc;
-}
-
-const nodes: Node[] = [];
-const cleanups: (() => Promise<unknown>)[] = [];
+let procs: ProcCluster;
 const t0 = Date.now();
-let dir = '';
 /** Cleared by after(), so a failed test does not leave the dead-node watcher polling. */
 let watching = true;
 
-const ingests = () => nodes.filter((n) => n.mode === 'ingest');
-const stores = () => nodes.filter((n) => n.mode === 'store');
-
-/** Ports unique across the whole cluster (the kernel may hand out one number on two addresses). */
-const usedPorts = new Set<number>();
-async function port(host: string): Promise<number> {
-  for (;;) {
-    const p = await freePort(host);
-    if (!usedPorts.has(p)) {
-      usedPorts.add(p);
-      return p;
-    }
-  }
-}
-
-function tail(n: Node, chars = 3000): string {
-  return `--- ${n.label} (${n.api}) stderr ---\n${n.proc.stderr().slice(-chars)}`;
-}
-
-/** Adds every node's recent log to an error, so a failure can be understood from the test output. */
-function withLogs(err: unknown): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  e.message += `\n${nodes.map((n) => tail(n)).join('\n')}`;
-  return e;
-}
-
-async function startNode(label: string, mode: Node['mode'], host: string, seed: Node | null): Promise<Node> {
-  const api = await port(host);
-  const cluster = await port(host);
-  const args = ['-api', `tcp://${host}:${api}`, '-cluster', `tcp://${host}:${cluster}`];
-  let fast = 0;
-  if (mode === 'ingest') {
-    fast = await port(host);
-    args.push(
-      '-ingest.fast',
-      `tcp://${host}:${fast}`,
-      '-ingest.durable',
-      `tcp://${host}:${await port(host)}`,
-      '-ingest.bulk',
-      `tcp://${host}:${await port(host)}`,
-      '-ingest.path',
-      join(dir, label),
-      '-ingest.segment-flush-age',
-      '500ms',
-    );
-  } else {
-    args.push(
-      '-store.path',
-      join(dir, label),
-      '-store.segment-target-age',
-      '500ms',
-      '-store.segment-replication-factor',
-      '2',
-    );
-  }
-  if (seed) args.push('-peer', `${seed.host}:${seed.cluster}`);
-  const proc = spawnTs('cli/oklog.ts', [mode, ...args]);
-  cleanups.push(() => proc.kill('SIGKILL'));
-  const node: Node = { label, mode, host, api: `${host}:${api}`, fast, cluster, proc };
-  nodes.push(node);
-  await waitFor(
-    async () => {
-      if (proc.child.exitCode !== null) throw new Error(`${label} exited early`);
-      return (await fetch(`http://${node.api}/health`)).ok;
-    },
-    `${label} /health`,
-    30_000,
-  ).catch((err) => {
-    throw withLogs(err);
-  });
-  return node;
-}
-
-interface Peer {
-  name: string;
-  type: string;
-  apiAddr: string;
-  state: string;
-}
-
-async function peersOf(n: Node): Promise<Peer[]> {
-  const r = await fetch(`http://${n.api}/cluster/peers`);
-  assert.equal(r.status, 200);
-  return (await r.json()) as Peer[];
-}
+const ingests = () => procs.nodes.filter((n) => n.mode === 'ingest');
+const stores = () => procs.nodes.filter((n) => n.mode === 'store');
 
 interface Answer {
   status: number;
@@ -128,7 +32,7 @@ interface Answer {
 }
 
 /** A query over the whole test's time span, to `path` (`query`: the fan-out, `_query`: one node). */
-async function query(n: Node, path: 'query' | '_query' = 'query'): Promise<Answer> {
+async function query(n: ProcNode, path: 'query' | '_query' = 'query'): Promise<Answer> {
   const from = new Date(t0 - 60_000).toISOString();
   const to = new Date(Date.now() + 60_000).toISOString();
   const r = await fetch(`http://${n.api}/store/${path}?from=${from}&to=${to}`);
@@ -160,7 +64,7 @@ function assertExactlyOnceInOrder(a: Answer, total: number, what: string): void 
 }
 
 /** How many of `of` hold each line number in [first, last], per their own `/store/_query`. */
-async function replicaCounts(of: Node[], first: number, last: number): Promise<number[]> {
+async function replicaCounts(of: ProcNode[], first: number, last: number): Promise<number[]> {
   const counts = new Array<number>(last - first + 1).fill(0);
   for (const s of of) {
     const seen = new Set<number>();
@@ -170,35 +74,35 @@ async function replicaCounts(of: Node[], first: number, last: number): Promise<n
   return counts;
 }
 
-async function forward(to: Node, input: Buffer): Promise<void> {
+async function forward(to: ProcNode, input: Buffer): Promise<void> {
   const fwd = await run('cli/oklog.ts', ['forward', `${to.host}:${to.fast}`], { input, timeoutMs: 60_000 });
   assert.equal(fwd.code, 0, `oklog forward: ${fwd.stderr}`);
 }
 
 before(async () => {
-  const d = await tempDir('oklog-multinode-');
-  dir = d.path;
-  cleanups.push(d.cleanup);
+  procs = await ProcCluster.create('oklog-multinode-');
+  const start = (label: string, mode: ProcNode['mode'], host: string, seed: ProcNode | null) =>
+    procs.start(label, mode, host, { seed, replicationFactor: 2 });
   // The first ingest node is the seed every other node joins through.
-  const seed = await startNode('ingest1', 'ingest', '127.0.0.11', null);
+  const seed = await start('ingest1', 'ingest', '127.0.0.11', null);
   await Promise.all([
-    startNode('ingest2', 'ingest', '127.0.0.12', seed),
-    startNode('ingest3', 'ingest', '127.0.0.13', seed),
-    startNode('store1', 'store', '127.0.0.14', seed),
-    startNode('store2', 'store', '127.0.0.15', seed),
-    startNode('store3', 'store', '127.0.0.16', seed),
+    start('ingest2', 'ingest', '127.0.0.12', seed),
+    start('ingest3', 'ingest', '127.0.0.13', seed),
+    start('store1', 'store', '127.0.0.14', seed),
+    start('store2', 'store', '127.0.0.15', seed),
+    start('store3', 'store', '127.0.0.16', seed),
   ]);
   // Keep the declared order (Promise.all pushes in start order, which may differ).
-  nodes.sort((a, b) => a.label.localeCompare(b.label));
+  procs.nodes.sort((a, b) => a.label.localeCompare(b.label));
 });
 
 after(async () => {
   watching = false;
-  // Every process first (SIGKILL to its process group), then the directory.
-  for (const c of cleanups.reverse()) await c().catch(() => {});
+  await procs?.stop();
 });
 
 test('3 ingest + 3 store nodes: exactly once, RF 2 survives a kill -9, the dead node is dropped', async (t) => {
+  const { nodes } = procs;
   const [, ingest2, ingest3] = ingests();
   const [victim, store2, store3] = stores();
   const survivors = nodes.filter((n) => n !== victim);
@@ -225,7 +129,7 @@ test('3 ingest + 3 store nodes: exactly once, RF 2 survives a kill -9, the dead 
     30_000,
     100,
   ).catch((err) => {
-    throw withLogs(err);
+    throw procs.withLogs(err);
   });
   phase('membership converged');
 
@@ -239,7 +143,7 @@ test('3 ingest + 3 store nodes: exactly once, RF 2 survives a kill -9, the dead 
     60_000,
     250,
   ).catch((err) => {
-    throw withLogs(err);
+    throw procs.withLogs(err);
   });
   phase('every record on two store nodes');
 
@@ -315,7 +219,7 @@ test('3 ingest + 3 store nodes: exactly once, RF 2 survives a kill -9, the dead 
     60_000,
     250,
   ).catch((err) => {
-    throw withLogs(err);
+    throw procs.withLogs(err);
   });
   phase('every new record on both survivors');
   for (const s of [store2, store3]) {

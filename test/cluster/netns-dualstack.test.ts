@@ -10,20 +10,13 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import type { Peer } from '../../cli/ctl/peers.ts';
 import { ROOT, sleep, tempDir, waitFor } from '../helpers/index.ts';
 import { ip, isRoot, NetnsLab, onJsonLines } from './netns.ts';
 
 const v4 = (i: number) => `198.51.100.${i}`;
 const v6 = (i: number) => `fd00:200::${i}`;
 const api = (i: number) => `http://[${v6(i)}]:7650`;
-
-interface Peer {
-  name: string;
-  type: string;
-  apiAddr: string;
-  gossipAddr: string;
-  state: string;
-}
 
 let lab: NetnsLab;
 let dir: { path: string; cleanup: () => Promise<void> } | null = null;

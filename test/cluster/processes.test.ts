@@ -15,105 +15,16 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { numberedLines, run } from '../cli/helpers.ts';
-import { freePort, type Proc, sleep, spawnTs, tempDir, waitFor } from '../helpers/index.ts';
+import { sleep, waitFor } from '../helpers/index.ts';
+import { type Peer, ProcCluster, type ProcNode, peersOf } from './procs.ts';
 
 const N = 3000;
 const LEFT_WITHIN_MS = 3000;
 
-interface Node {
-  label: string;
-  mode: 'ingest' | 'store';
-  host: string;
-  api: string;
-  fast: number;
-  cluster: number;
-  proc: Proc;
-}
-
-interface Peer {
-  name: string;
-  type: string;
-  apiAddr: string;
-  gossipAddr: string;
-  state: string;
-}
-
-const nodes: Node[] = [];
-const cleanups: (() => Promise<unknown>)[] = [];
-let dir = '';
+let procs: ProcCluster;
 const t0 = Date.now();
 
-const usedPorts = new Set<number>();
-async function port(host: string): Promise<number> {
-  for (;;) {
-    const p = await freePort(host);
-    if (!usedPorts.has(p)) {
-      usedPorts.add(p);
-      return p;
-    }
-  }
-}
-
-function withLogs(err: unknown): Error {
-  const e = err instanceof Error ? err : new Error(String(err));
-  e.message += `\n${nodes.map((n) => `--- ${n.label} ---\n${n.proc.stderr().slice(-2000)}`).join('\n')}`;
-  return e;
-}
-
-async function startNode(label: string, mode: Node['mode'], host: string, keyFile: string, seed?: Node) {
-  const api = await port(host);
-  const cluster = await port(host);
-  const args = [
-    '-api',
-    `tcp://${host}:${api}`,
-    '-cluster',
-    `tcp://${host}:${cluster}`,
-    '-cluster.key',
-    keyFile,
-  ];
-  let fast = 0;
-  if (mode === 'ingest') {
-    fast = await port(host);
-    args.push(
-      '-ingest.fast',
-      `tcp://${host}:${fast}`,
-      '-ingest.durable',
-      `tcp://${host}:${await port(host)}`,
-      '-ingest.bulk',
-      `tcp://${host}:${await port(host)}`,
-      '-ingest.path',
-      join(dir, label),
-      '-ingest.segment-flush-age',
-      '500ms',
-    );
-  } else {
-    args.push('-store.path', join(dir, label), '-store.segment-target-age', '500ms');
-  }
-  if (seed) args.push('-peer', `${seed.host}:${seed.cluster}`);
-  const proc = spawnTs('cli/oklog.ts', [mode, ...args]);
-  cleanups.push(() => proc.kill('SIGKILL'));
-  const node: Node = { label, mode, host, api: `${host}:${api}`, fast, cluster, proc };
-  nodes.push(node);
-  await waitFor(
-    async () => {
-      if (proc.child.exitCode !== null) throw new Error(`${label} exited early`);
-      return (await fetch(`http://${node.api}/health`)).ok;
-    },
-    `${label} /health`,
-    30_000,
-  ).catch((err) => {
-    throw withLogs(err);
-  });
-  return node;
-}
-
-async function peersOf(n: Node): Promise<Peer[]> {
-  const r = await fetch(`http://${n.api}/cluster/peers`);
-  assert.equal(r.status, 200);
-  return (await r.json()) as Peer[];
-}
-
-async function metric(n: Node, re: RegExp): Promise<number> {
+async function metric(n: ProcNode, re: RegExp): Promise<number> {
   const text = await (await fetch(`http://${n.api}/metrics`)).text();
   const m = re.exec(text);
   return m ? Number(m[1]) : 0;
@@ -122,16 +33,15 @@ async function metric(n: Node, re: RegExp): Promise<number> {
 /** `oklogctl` as users run it (the bundled launcher). */
 const ctl = (args: string[]) => run('cli/oklogctl.js', args, { timeoutMs: 30_000 });
 
-let ingest: Node;
-let store1: Node;
-let store2: Node;
-let store3: Node;
-let intruder: Node;
+let ingest: ProcNode;
+let store1: ProcNode;
+let store2: ProcNode;
+let store3: ProcNode;
+let intruder: ProcNode;
 
 before(async () => {
-  const d = await tempDir('oklog-processes-');
-  dir = d.path;
-  cleanups.push(d.cleanup);
+  procs = await ProcCluster.create('oklog-processes-');
+  const { dir } = procs;
   const key = randomBytes(32).toString('base64');
   const lines = join(dir, 'key.lines');
   const json = join(dir, 'key.json');
@@ -139,18 +49,16 @@ before(async () => {
   await writeFile(lines, `# oklog gossip key (primary first)\n\n${key}\n`);
   await writeFile(json, `${JSON.stringify([key])}\n`);
   await writeFile(other, `${randomBytes(32).toString('base64')}\n`);
-  ingest = await startNode('ingest', 'ingest', '127.0.0.21', lines);
+  ingest = await procs.start('ingest', 'ingest', '127.0.0.21', { keyFile: lines });
   [store1, store2, store3, intruder] = await Promise.all([
-    startNode('store1', 'store', '127.0.0.22', json, ingest),
-    startNode('store2', 'store', '127.0.0.23', lines, ingest),
-    startNode('store3', 'store', '127.0.0.24', json, ingest),
-    startNode('intruder', 'store', '127.0.0.25', other, ingest),
+    procs.start('store1', 'store', '127.0.0.22', { keyFile: json, seed: ingest }),
+    procs.start('store2', 'store', '127.0.0.23', { keyFile: lines, seed: ingest }),
+    procs.start('store3', 'store', '127.0.0.24', { keyFile: json, seed: ingest }),
+    procs.start('intruder', 'store', '127.0.0.25', { keyFile: other, seed: ingest }),
   ]);
 });
 
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => {});
-});
+after(() => procs?.stop());
 
 test('a real encrypted cluster: key files, stream exactly once, oklogctl peers/stats, leave and a dead store', async (t) => {
   const members = [ingest, store1, store2, store3];
@@ -172,7 +80,7 @@ test('a real encrypted cluster: key files, stream exactly once, oklogctl peers/s
     30_000,
     100,
   ).catch((err) => {
-    throw withLogs(err);
+    throw procs.withLogs(err);
   });
   await sleep(1000); // the intruder keeps retrying its seed meanwhile
   for (const n of members) assert.ok(!(await peersOf(n)).some((p) => p.name === intruderName));
@@ -183,7 +91,7 @@ test('a real encrypted cluster: key files, stream exactly once, oklogctl peers/s
   // --- a stream opened at store1 before the records are forwarded: every record exactly once.
   const streamAbort = new AbortController();
   const stream = await fetch(`http://${store1.api}/store/stream?q=`, { signal: streamAbort.signal });
-  cleanups.push(async () => streamAbort.abort());
+  procs.cleanups.push(async () => streamAbort.abort());
   assert.equal(stream.status, 200);
   const received: string[] = [];
   const reading = (async () => {
@@ -217,7 +125,7 @@ test('a real encrypted cluster: key files, stream exactly once, oklogctl peers/s
   });
   assert.equal(fwd.code, 0, `oklog forward: ${fwd.stderr}`);
   await waitFor(() => new Set(received).size >= N, `${N} records on the stream`, 30_000, 100).catch((err) => {
-    throw withLogs(new Error(`${(err as Error).message} (got ${received.length})`));
+    throw procs.withLogs(new Error(`${(err as Error).message} (got ${received.length})`));
   });
   await sleep(4000); // longer than the 3 s window: a late duplicate would show up by now
   const numbers = received.map((l) => {
