@@ -88,9 +88,19 @@ export class UlidGenerator {
     this.entropy[5] = hi & 0xff;
   }
 
+  /** The generator's clock (ms), for callers that stamp a run of records with one reading. */
+  clock(): number {
+    return this.now();
+  }
+
   /** Writes the next ULID (26 ASCII bytes) into `out` at `off`. */
   writeNext(out: Buffer, off: number): void {
-    let ms = this.now();
+    this.writeNextAt(out, off, this.now());
+  }
+
+  /** writeNext with the time read by the caller (`clock()`): still strictly increasing. */
+  writeNextAt(out: Buffer, off: number, now: number): void {
+    let ms = now;
     if (ms < this.lastMs) ms = this.lastMs;
     if (this.increment()) ms = this.lastMs + 1; // all 80 bits wrapped: move time on to stay increasing
     if (ms !== this.lastMs) {

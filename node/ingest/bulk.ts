@@ -46,7 +46,7 @@ export class BulkConnection implements Connection {
     this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     this.framer = ctx.framer();
     this.writer = ctx.writer(false);
-    this.queue = new WriteQueue(this.writer, ctx.memory, false);
+    this.queue = new WriteQueue(this.writer, ctx.memory, false, undefined, ctx.pool);
     this.settled = new Promise((r) => {
       this.settle = r;
     });

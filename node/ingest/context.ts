@@ -2,6 +2,7 @@
 // startIngest: the log, metrics, settings, and factories for writers and framers.
 import type { Logger } from 'pino';
 import { UlidGenerator } from '../../shared/ulid.ts';
+import { FrameBufferPool } from './buffer-pool.ts';
 import { LineFramer, type TopicMode } from './line-reader.ts';
 import type { IngestMetrics } from './metrics.ts';
 import { RateLimitedLog } from './rate-limit.ts';
@@ -24,6 +25,8 @@ export class IngestContext {
   readonly tally: WriteTally = { records: 0, bytes: 0 };
   /** Framed bytes queued for the disk by every connection together (see write-queue.ts). */
   readonly memory = new IngestMemory(DEFAULT_INGEST_MEMORY);
+  /** Framer output buffers, reused once written (WriteQueue gives them back). */
+  readonly pool = new FrameBufferPool();
   /** One shared limiter: a flood of oversized lines logs a line every 10 s, not one per line. */
   readonly tooLargeLog: RateLimitedLog;
   constructor(
@@ -56,6 +59,7 @@ export class IngestContext {
       topic: topic ?? this.settings.topic,
       maxRecordSize: this.settings.maxRecordSize,
       ulids: opts.stampLater ? null : new UlidGenerator({ now: this.now }),
+      pool: this.pool,
     });
   }
 

@@ -8,6 +8,7 @@
 // newline and it is counted as dropped.
 import { SPACE, topicLengthAt } from '../../shared/record.ts';
 import { ULID_LENGTH, type UlidGenerator } from '../../shared/ulid.ts';
+import type { FrameBufferPool } from './buffer-pool.ts';
 
 export type TopicMode = 'static' | 'dynamic';
 
@@ -22,6 +23,8 @@ export interface FramerOptions {
    * their offsets, for writers shared by several producers that stamp in write order (acked HTTP).
    */
   ulids: UlidGenerator | null;
+  /** Where output buffers come from (and go back to, once written); without it, fresh ones. */
+  pool?: FrameBufferPool;
 }
 
 export interface Framed {
@@ -44,6 +47,9 @@ export class LineFramer {
   private readonly prefixLength: number;
   private readonly max: number;
   private readonly ulids: UlidGenerator | null;
+  private readonly pool: FrameBufferPool | undefined;
+  /** The time of the read being framed: one clock reading per read, not per record. */
+  private ms = 0;
   private partial: Buffer[] = [];
   private partialLength = 0;
   /** Inside an oversized line: discard until the next newline. */
@@ -57,6 +63,7 @@ export class LineFramer {
     this.prefixLength = ULID_LENGTH + 1 + (this.dynamic ? 0 : this.topic.length + 1);
     this.max = opts.maxRecordSize;
     this.ulids = opts.ulids;
+    this.pool = opts.pool;
   }
 
   /** Bytes of an unfinished line held back (never more than maxRecordSize). */
@@ -91,7 +98,9 @@ export class LineFramer {
     }
     const nl = this.newlines;
     const last = nl[n - 1];
-    const out = Buffer.allocUnsafe(this.partialLength + last + 1 + n * this.prefixLength);
+    const size = this.partialLength + last + 1 + n * this.prefixLength;
+    const out = this.pool ? this.pool.take(size).subarray(0, size) : Buffer.allocUnsafe(size);
+    if (this.ulids) this.ms = this.ulids.clock();
     // The chunk's complete lines are copied once, to the end of `out`; each line then moves left
     // to its place with copyWithin (a memmove, no per-record view object). A line's place never
     // lies beyond where it was copied, and nothing written reaches a line not yet moved.
@@ -144,6 +153,7 @@ export class LineFramer {
     this.reset();
     const out = Buffer.allocUnsafe(line.length + 1 + this.prefixLength);
     const offsets = this.ulids ? null : ([] as number[]);
+    if (this.ulids) this.ms = this.ulids.clock();
     const w = this.frameLine(line, 0, line.length, out, 0, offsets, result);
     if (w > 0) {
       result.buf = out.subarray(0, w);
@@ -202,7 +212,7 @@ export class LineFramer {
       return -1;
     }
     const start = o;
-    if (this.ulids) this.ulids.writeNext(out, o);
+    if (this.ulids) this.ulids.writeNextAt(out, o, this.ms);
     else offsets?.push(o);
     o += ULID_LENGTH;
     out[o++] = SPACE;

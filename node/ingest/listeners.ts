@@ -79,8 +79,12 @@ export class StreamConnection implements Connection {
     this.remote = remoteOf(socket);
     this.framer = ctx.framer();
     this.writer = ctx.writer();
-    this.queue = new WriteQueue(this.writer, ctx.memory, this.durable, (records) =>
-      ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records),
+    this.queue = new WriteQueue(
+      this.writer,
+      ctx.memory,
+      this.durable,
+      (records) => ctx.metrics.recordsDropped.inc({ reason: 'write_error' }, records),
+      ctx.pool,
     );
     set.add(this, modality);
     // On the client's EOF, close our side only in close(), after what was read is written (and,

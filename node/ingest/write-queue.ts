@@ -7,6 +7,7 @@
 // connection that has anything queued pauses until its queue is written, so memory does not grow
 // with the number of connections. A connection with nothing queued may always read one more
 // chunk, so none can be starved by the others' queues.
+import type { FrameBufferPool } from './buffer-pool.ts';
 import type { Writer } from './writer.ts';
 
 /** Default node-wide budget for queued framed bytes of all ingest connections. */
@@ -46,6 +47,8 @@ export class WriteQueue {
     private readonly sync: boolean,
     /** Records of batches dropped after a failure. */
     private readonly onDropped: (records: number) => void = () => {},
+    /** Where the framer's buffers go back once written (or dropped). */
+    private readonly pool?: FrameBufferPool,
   ) {}
 
   get empty(): boolean {
@@ -81,6 +84,7 @@ export class WriteQueue {
         this.failed = true; // logged and counted by the writer
       } finally {
         this.memory.release(bytes);
+        this.pool?.give(bufs);
       }
     }
     this.writing = null; // synchronously with the emptiness check above: nothing is left behind
@@ -89,6 +93,7 @@ export class WriteQueue {
   /** Drops what is queued and not yet being written (an upload refused). */
   clear(): void {
     this.memory.release(this.bytes);
+    this.pool?.give(this.queue);
     this.queue = [];
     this.queuedRecords = 0;
     this.bytes = 0;

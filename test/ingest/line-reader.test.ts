@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { FrameBufferPool } from '../../node/ingest/buffer-pool.ts';
 import { type FramerOptions, LineFramer, stampUlids } from '../../node/ingest/line-reader.ts';
 import { UlidGenerator } from '../../shared/ulid.ts';
 
@@ -14,13 +15,14 @@ function framer(opts: Partial<FramerOptions> = {}): LineFramer {
 }
 
 /** Frames `chunks` (then a clean end) and returns the records without their ULIDs. */
-function frameAll(f: LineFramer, chunks: (string | Buffer)[], end = true) {
+function frameAll(f: LineFramer, chunks: (string | Buffer)[], end = true, pool?: FrameBufferPool) {
   let text = '';
   let tooLarge = 0;
   let invalidTopic = false;
   for (const c of chunks) {
     const r = f.push(Buffer.isBuffer(c) ? c : Buffer.from(c, 'latin1'));
     if (r.buf) text += r.buf.toString('latin1');
+    if (r.buf) pool?.give([r.buf]); // read: the next push may reuse it
     tooLarge += r.tooLarge;
     invalidTopic ||= r.invalidTopic;
   }
@@ -145,10 +147,35 @@ test('random lines in random chunks frame exactly as a line-by-line reference, i
       chunks.push(input.subarray(p, p + n));
       p += n;
     }
-    const f = framer({ topicMode: dynamic ? 'dynamic' : 'static', maxRecordSize: max });
-    const got = frameAll(f, chunks);
+    // Every other round of each mode reuses a small pool's buffers (some chunks frame larger).
+    const pool = round % 4 >= 2 ? new FrameBufferPool(512, 2) : undefined;
+    const f = framer({ topicMode: dynamic ? 'dynamic' : 'static', maxRecordSize: max, pool });
+    const got = frameAll(f, chunks, true, pool);
     const want = lines.filter((l) => l.length <= max).map((l) => (dynamic ? l : `default ${l}`));
     assert.deepEqual(got.records, want, `round ${round}`);
     assert.equal(got.tooLarge, lines.length - want.length);
   }
+});
+
+test('FrameBufferPool: lends, takes back only its own buffers once, keeps a bounded number', () => {
+  const pool = new FrameBufferPool(1024, 2);
+  const a = pool.take(100);
+  assert.ok(a.length >= 100);
+  assert.equal(a.length, 1024);
+  pool.give([a.subarray(0, 100)]); // a view of it is enough
+  const again = pool.take(1000);
+  assert.equal(again.buffer, a.buffer, 'a given-back buffer is lent again');
+  pool.give([again, again]); // twice: taken back once
+  const b = pool.take(10);
+  const c = pool.take(10);
+  assert.equal(b.buffer, a.buffer);
+  assert.notEqual(c.buffer, a.buffer, 'a buffer is never lent to two holders');
+  pool.give([Buffer.alloc(1024)]); // not from the pool: ignored
+  assert.notEqual(pool.take(10).buffer, c.buffer);
+  const big = pool.take(4096); // larger than the pool's buffers: a fresh one, never kept
+  assert.equal(big.length, 4096);
+  pool.give([big, b, c]);
+  const kept = new Set([pool.take(1).buffer, pool.take(1).buffer, pool.take(1).buffer]);
+  assert.ok(!kept.has(big.buffer));
+  assert.ok(kept.has(b.buffer) && kept.has(c.buffer));
 });
