@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { ROOT, startOklog, tempDir, waitFor } from '../helpers/index.ts';
+import { ROOT, startIngeststore, tempDir, waitFor } from '../helpers/index.ts';
 import { numberedLines, run } from './helpers.ts';
 
 // Inside the package, so the bundles' package imports resolve to its node_modules.
@@ -54,20 +54,7 @@ test('without a writable cache the command still runs (through tsx)', async () =
 test('ingeststore, forward and query through the commands: records come back once, in order', async () => {
   const dir = await tempDir();
   await mkdir(DIR, { recursive: true });
-  const node = await startOklog(
-    'ingeststore',
-    [
-      '-ingest.path',
-      join(dir.path, 'ingest'),
-      '-store.path',
-      join(dir.path, 'store'),
-      '-ingest.segment-flush-age',
-      '500ms',
-      '-store.segment-target-age',
-      '500ms',
-    ],
-    { launcher: true, env },
-  );
+  const node = await startIngeststore(dir.path, '500ms', '500ms', { launcher: true, env });
   try {
     const input = numberedLines(5000);
     const fwd = await run('cli/oklog.js', ['forward', `127.0.0.1:${node.ports.fast}`], { input, env });

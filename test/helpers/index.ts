@@ -1,6 +1,6 @@
 // Shared test plumbing: free ports, temp dirs, real node processes that are always cleaned up.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -207,4 +207,37 @@ export async function startOklog(
     throw new Error(`${(err as Error).message}\n--- stderr ---\n${proc.stderr()}`);
   }
   return { proc, ports, api };
+}
+
+/**
+ * `oklog ingeststore` with its data in `<dir>/ingest` and `<dir>/store`, ingest segments flushed
+ * after `flushAge` and store segments closed after `targetAge` (short ages: records are queryable soon).
+ */
+export function startIngeststore(
+  dir: string,
+  flushAge: string,
+  targetAge: string,
+  options: Parameters<typeof startOklog>[2] = {},
+) {
+  const args = ['-ingest.path', join(dir, 'ingest'), '-store.path', join(dir, 'store')];
+  args.push('-ingest.segment-flush-age', flushAge, '-store.segment-target-age', targetAge);
+  return startOklog('ingeststore', args, options);
+}
+
+/** Waits until the node at `api` knows itself as a store peer (gossip state), which fan-outs need. */
+export async function untilStorePeer(api: string, timeoutMs = 15_000): Promise<void> {
+  const epoch = new Date(0).toISOString();
+  await waitFor(
+    async () =>
+      (await fetch(`${api}/store/query?from=${epoch}&to=${epoch}`, { method: 'HEAD' })).status === 200,
+    'store peer known',
+    timeoutMs,
+  );
+}
+
+/** Current and peak resident memory of process `pid`, in bytes (VmRSS, VmHWM of /proc/<pid>/status). */
+export async function memoryOf(pid: number): Promise<{ rss: number; hwm: number }> {
+  const s = await readFile(`/proc/${pid}/status`, 'utf8');
+  const bytes = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? 0) * 1024;
+  return { rss: bytes('VmRSS'), hwm: bytes('VmHWM') };
 }

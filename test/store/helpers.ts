@@ -11,7 +11,7 @@ import { storeRoutes } from '../../node/store/routes.ts';
 import { ScanPool } from '../../node/store/scan-pool.ts';
 import type { StoreLog } from '../../node/store/store-log.ts';
 import { encodeTime } from '../../shared/ulid.ts';
-import { tempDir } from '../helpers/index.ts';
+import { startOklog, tempDir } from '../helpers/index.ts';
 
 export const silent = pino({ level: 'silent' });
 
@@ -145,4 +145,24 @@ export async function query(
   const r = await fetch(`${url}${path}?${qs}`, { method });
   const body = await r.text();
   return { status: r.status, headers: r.headers, body, lines: body === '' ? [] : body.trimEnd().split('\n') };
+}
+
+/**
+ * A real `oklog store` process serving the segments written into `dir` beforehand: no segment
+ * consumers, replication factor 1, nothing old enough to expire, two scan workers.
+ */
+export function startSegmentStore(dir: string, extra: string[] = []) {
+  return startOklog('store', [
+    '-store.path',
+    dir,
+    '-store.segment-consumers',
+    '0',
+    '-store.segment-replication-factor',
+    '1',
+    '-store.segment-retain',
+    '1000000h',
+    '-store.query-workers',
+    '2',
+    ...extra,
+  ]);
 }

@@ -4,14 +4,14 @@
 // Retry-After when too many wait, and a large selective result merged from two nodes (fan-out
 // merge + worker scans). RSS is read from /proc (VmRSS, VmHWM) of the node process.
 import assert from 'node:assert/strict';
-import { copyFile, readdir, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, readdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { MemoryBudget, QueryBusyError } from '../../node/store/budget.ts';
 import { encodeTime } from '../../shared/ulid.ts';
-import { type Proc, startOklog, tempDir, waitFor } from '../helpers/index.ts';
-import { line, T0, ulidAt } from './helpers.ts';
+import { memoryOf, type Proc, tempDir, waitFor } from '../helpers/index.ts';
+import { line, startSegmentStore, T0, ulidAt } from './helpers.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 const MiB = 2 ** 20;
@@ -21,13 +21,6 @@ after(async () => {
   for (const p of procs) await p.kill('SIGKILL');
   for (const d of dirs) await d.cleanup();
 });
-
-function memory(pid: number): Promise<{ rss: number; hwm: number }> {
-  return readFile(`/proc/${pid}/status`, 'utf8').then((s) => ({
-    rss: Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024,
-    hwm: Number(/VmHWM:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024,
-  }));
-}
 
 /** `count` segments of `segMiB` MiB of 200-byte records, one per ms from `startMs`. */
 async function writeSegments(dir: string, startMs: number, count: number, segMiB: number): Promise<number> {
@@ -52,19 +45,7 @@ async function writeSegments(dir: string, startMs: number, count: number, segMiB
 }
 
 async function startStore(dir: string, extra: string[] = []) {
-  const node = await startOklog('store', [
-    '-store.path',
-    dir,
-    '-store.segment-consumers',
-    '0',
-    '-store.segment-replication-factor',
-    '1',
-    '-store.segment-retain',
-    '1000000h',
-    '-store.query-workers',
-    '2',
-    ...extra,
-  ]);
+  const node = await startSegmentStore(dir, extra);
   procs.push(node.proc);
   return node;
 }
@@ -149,10 +130,10 @@ test('many concurrent slow readers on the scan workers: RSS stays bounded, a sim
   // The workers loaded, then the baseline.
   await (await fetch(`${node.api}/store/_query?from=${iso(T0)}&to=${iso(T0 + 10)}&q=pppp`)).text();
   await new Promise((r) => setTimeout(r, 500));
-  const before = await memory(pid);
+  const before = await memoryOf(pid);
   let peak = before.hwm;
   const poll = setInterval(() => {
-    memory(pid).then(
+    memoryOf(pid).then(
       (m) => {
         peak = Math.max(peak, m.hwm);
       },
@@ -275,11 +256,11 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
   const url = `${a.api}/store/query?from=${iso(T0)}&to=${iso(T0 + 10_000_000)}&q=${'p'.repeat(20)}`;
   await (await fetch(`${a.api}/store/query?from=${iso(T0)}&to=${iso(T0 + 10)}&q=pppp`)).text();
   await new Promise((r) => setTimeout(r, 500));
-  const before = [await memory(a.proc.pid), await memory(b.proc.pid)];
+  const before = [await memoryOf(a.proc.pid), await memoryOf(b.proc.pid)];
   const peak = before.map((m) => m.hwm);
   const poll = setInterval(() => {
     for (const [i, n] of [a, b].entries())
-      memory(n.proc.pid).then(
+      memoryOf(n.proc.pid).then(
         (m) => {
           peak[i] = Math.max(peak[i], m.hwm);
         },

@@ -11,6 +11,7 @@ import { type NodeMode, nodeFlagSpecs, startNode } from '../../node/main.ts';
 import { parseFlags } from '../../shared/flags.ts';
 import {
   freePort,
+  memoryOf,
   nodePorts,
   type Proc,
   portFlags,
@@ -18,6 +19,7 @@ import {
   spawnTs,
   startOklog,
   tempDir,
+  untilStorePeer,
   waitFor,
 } from '../helpers/index.ts';
 import { captureLogger } from './consumer-fakes.ts';
@@ -53,12 +55,7 @@ async function startStore(dir: string, extra: string[] = []): Promise<{ proc: Pr
       30_000,
     );
     // The fan-out needs the node to know itself as a store peer (gossip state).
-    await waitFor(
-      async () =>
-        (await fetch(`${url}/store/query?from=${iso(0)}&to=${iso(0)}`, { method: 'HEAD' })).status === 200,
-      'store peer known',
-      15_000,
-    );
+    await untilStorePeer(url);
   } catch (err) {
     await proc.kill('SIGKILL');
     throw new Error(`${(err as Error).message}\n--- stderr ---\n${proc.stderr()}`);
@@ -70,13 +67,6 @@ async function activeBytes(dir: string): Promise<number> {
   let n = 0;
   for (const f of await readdir(dir)) if (f.endsWith('.active')) n += (await stat(join(dir, f))).size;
   return n;
-}
-
-function memory(pid: number): Promise<{ rss: number; hwm: number }> {
-  return readFile(`/proc/${pid}/status`, 'utf8').then((s) => ({
-    rss: Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024,
-    hwm: Number(/VmHWM:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024,
-  }));
 }
 
 test('a 200 MiB result streams through a store process without its RSS growing with it', async (t) => {
@@ -104,12 +94,12 @@ test('a 200 MiB result streams through a store process without its RSS growing w
     // Let the scan workers finish loading (a selective query uses them), then take the baseline.
     await (await fetch(`${node.url}/store/query?from=${iso(T0)}&to=${iso(T0 + 1000)}&q=x`)).text();
     await new Promise((r) => setTimeout(r, 1500));
-    const before = await memory(pid);
+    const before = await memoryOf(pid);
     let peak = before.hwm;
     let received = 0;
     let lines = 0;
     const poll = setInterval(() => {
-      memory(pid).then(
+      memoryOf(pid).then(
         (m) => {
           peak = Math.max(peak, m.hwm);
         },
@@ -138,7 +128,7 @@ test('a 200 MiB result streams through a store process without its RSS growing w
     } finally {
       clearInterval(poll);
     }
-    const after = await memory(pid);
+    const after = await memoryOf(pid);
     peak = Math.max(peak, after.hwm);
     assert.equal(received, total);
     assert.equal(lines, 4 * perSeg);

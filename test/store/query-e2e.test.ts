@@ -5,10 +5,9 @@
 // headers with X-Oklog-Records-Matched (HEAD and trailer), and limit.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { ulidTime } from '../../shared/ulid.ts';
-import { type Proc, startOklog, tempDir, waitFor } from '../helpers/index.ts';
+import { type Proc, startIngeststore, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
 
 let proc: Proc | null = null;
 let cleanup: (() => Promise<void>) | null = null;
@@ -42,24 +41,11 @@ test('ingeststore: regex, topic, time bounds, stats and limit on stored records'
 }, async () => {
   const dir = await tempDir('oklog-e2e-query-');
   cleanup = dir.cleanup;
-  const node = await startOklog('ingeststore', [
-    '-ingest.path',
-    join(dir.path, 'ingest'),
-    '-store.path',
-    join(dir.path, 'store'),
-    '-ingest.segment-flush-age',
-    '200ms',
-    '-store.segment-target-age',
-    '300ms',
-  ]);
+  const node = await startIngeststore(dir.path, '200ms', '300ms');
   proc = node.proc;
   const api = node.api;
   const start = Date.now() - 1000;
-  await waitFor(
-    async () =>
-      (await fetch(`${api}/store/query?from=${iso(0)}&to=${iso(0)}`, { method: 'HEAD' })).status === 200,
-    'store peer known',
-  );
+  await untilStorePeer(api);
 
   // Two topics, written in a few acked batches so the records span several milliseconds.
   const web: string[] = [];

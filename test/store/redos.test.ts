@@ -12,8 +12,8 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { MAX_REPEATS } from '../../node/store/regex.ts';
-import { type Proc, startOklog, tempDir, waitFor } from '../helpers/index.ts';
-import { line, T0, ulidAt } from './helpers.ts';
+import { type Proc, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
+import { line, startSegmentStore, T0, ulidAt } from './helpers.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 // 60-way alternation under a star, then 31 `(.*)` groups: 32 repetition operators, ~1 ms per
@@ -41,25 +41,9 @@ before(async () => {
   }
   const small = [0, 1, 2].map((i) => line(SMALL_AT + i, 0, `users ${i}`)).join('');
   await writeFile(join(dir.path, `${ulidAt(SMALL_AT)}-${ulidAt(SMALL_AT + 2)}.flushed`), small);
-  const started = await startOklog('store', [
-    '-store.path',
-    dir.path,
-    '-store.segment-consumers',
-    '0',
-    '-store.segment-replication-factor',
-    '1',
-    '-store.segment-retain',
-    '1000000h',
-    '-store.query-workers',
-    '2',
-  ]);
+  const started = await startSegmentStore(dir.path);
   node = { proc: started.proc, api: started.api };
-  await waitFor(
-    async () =>
-      (await fetch(`${started.api}/store/query?from=${iso(0)}&to=${iso(0)}`, { method: 'HEAD' })).status ===
-      200,
-    'store peer known',
-  );
+  await untilStorePeer(started.api);
 });
 after(async () => {
   await node?.proc.kill('SIGKILL');

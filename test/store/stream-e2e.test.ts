@@ -4,9 +4,8 @@
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { connect } from 'node:net';
-import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { type Proc, startOklog, tempDir, waitFor } from '../helpers/index.ts';
+import { type Proc, startIngeststore, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
 
 let proc: Proc | null = null;
 let cleanup: (() => Promise<void>) | null = null;
@@ -48,25 +47,11 @@ function openStream(url: string) {
 test('ingeststore: fast-port records become queryable and stream once', async () => {
   const dir = await tempDir('oklog-e2e-stream-');
   cleanup = dir.cleanup;
-  const node = await startOklog('ingeststore', [
-    '-ingest.path',
-    join(dir.path, 'ingest'),
-    '-store.path',
-    join(dir.path, 'store'),
-    '-ingest.segment-flush-age',
-    '300ms',
-    '-store.segment-target-age',
-    '500ms',
-  ]);
+  const node = await startIngeststore(dir.path, '300ms', '500ms');
   proc = node.proc;
   const start = Date.now() - 1000;
   // The node must know itself as a store peer (gossip state) before streams and queries fan out.
-  await waitFor(
-    async () =>
-      (await fetch(`${node.api}/store/query?from=${iso(0)}&to=${iso(0)}`, { method: 'HEAD' })).status === 200,
-    'store peer known',
-    15_000,
-  );
+  await untilStorePeer(node.api);
 
   const stream = openStream(`${node.api}/store/stream?q=e2e&window=300ms`);
   assert.equal(await stream.headers, 200, 'headers arrive before any record');
