@@ -241,3 +241,21 @@ export async function memoryOf(pid: number): Promise<{ rss: number; hwm: number 
   const bytes = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? 0) * 1024;
   return { rss: bytes('VmRSS'), hwm: bytes('VmHWM') };
 }
+
+/**
+ * Watches the resident memory of process `pid`: `before` is read at once, then VmHWM every
+ * `everyMs`; `peak()` is the highest VmHWM seen so far (at least `before.hwm`), `stop()` ends it.
+ */
+export async function watchMemory(pid: number, everyMs: number) {
+  const before = await memoryOf(pid);
+  let peak = before.hwm;
+  const timer = setInterval(() => {
+    memoryOf(pid).then(
+      (m) => {
+        peak = Math.max(peak, m.hwm);
+      },
+      () => {},
+    );
+  }, everyMs);
+  return { before, peak: () => peak, stop: () => clearInterval(timer) };
+}

@@ -147,22 +147,16 @@ export async function query(
   return { status: r.status, headers: r.headers, body, lines: body === '' ? [] : body.trimEnd().split('\n') };
 }
 
+/** Flags of an `oklog store` serving the segments written into `dir`: no consumers, replication factor 1. */
+export function segmentStoreFlags(dir: string): string[] {
+  return ['-store.path', dir, '-store.segment-consumers', '0', '-store.segment-replication-factor', '1'];
+}
+
 /**
- * A real `oklog store` process serving the segments written into `dir` beforehand: no segment
- * consumers, replication factor 1, nothing old enough to expire, two scan workers.
+ * A real `oklog store` process serving the segments written into `dir` beforehand (segmentStoreFlags),
+ * with nothing old enough to expire and two scan workers.
  */
 export function startSegmentStore(dir: string, extra: string[] = []) {
-  return startOklog('store', [
-    '-store.path',
-    dir,
-    '-store.segment-consumers',
-    '0',
-    '-store.segment-replication-factor',
-    '1',
-    '-store.segment-retain',
-    '1000000h',
-    '-store.query-workers',
-    '2',
-    ...extra,
-  ]);
+  const flags = [...segmentStoreFlags(dir), '-store.segment-retain', '1000000h', '-store.query-workers', '2'];
+  return startOklog('store', [...flags, ...extra]);
 }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { MemoryBudget, QueryBusyError } from '../../node/store/budget.ts';
 import { encodeTime } from '../../shared/ulid.ts';
-import { memoryOf, type Proc, tempDir, waitFor } from '../helpers/index.ts';
+import { type Proc, tempDir, waitFor, watchMemory } from '../helpers/index.ts';
 import { line, startSegmentStore, T0, ulidAt } from './helpers.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -130,16 +130,8 @@ test('many concurrent slow readers on the scan workers: RSS stays bounded, a sim
   // The workers loaded, then the baseline.
   await (await fetch(`${node.api}/store/_query?from=${iso(T0)}&to=${iso(T0 + 10)}&q=pppp`)).text();
   await new Promise((r) => setTimeout(r, 500));
-  const before = await memoryOf(pid);
-  let peak = before.hwm;
-  const poll = setInterval(() => {
-    memoryOf(pid).then(
-      (m) => {
-        peak = Math.max(peak, m.hwm);
-      },
-      () => {},
-    );
-  }, 100);
+  const memory = await watchMemory(pid, 100);
+  const { before } = memory;
   const readers = Array.from({ length: 30 }, () =>
     slowReader(`${node.api}/store/_query?from=${iso(T0)}&to=${iso(T0 + 10_000_000)}&q=pppp`, 64 * 1024),
   );
@@ -157,8 +149,9 @@ test('many concurrent slow readers on the scan workers: RSS stays bounded, a sim
     assert.ok(performance.now() - tq < 3000, 'a simple query is served beside them');
   } finally {
     for (const r of readers) r.close();
-    clearInterval(poll);
+    memory.stop();
   }
+  const peak = memory.peak();
   const growth = peak - before.rss;
   t.diagnostic(
     `RSS ${(before.rss / MiB).toFixed(0)} MiB before, peak ${(peak / MiB).toFixed(0)} MiB with 30 slow readers`,
@@ -256,17 +249,8 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
   const url = `${a.api}/store/query?from=${iso(T0)}&to=${iso(T0 + 10_000_000)}&q=${'p'.repeat(20)}`;
   await (await fetch(`${a.api}/store/query?from=${iso(T0)}&to=${iso(T0 + 10)}&q=pppp`)).text();
   await new Promise((r) => setTimeout(r, 500));
-  const before = [await memoryOf(a.proc.pid), await memoryOf(b.proc.pid)];
-  const peak = before.map((m) => m.hwm);
-  const poll = setInterval(() => {
-    for (const [i, n] of [a, b].entries())
-      memoryOf(n.proc.pid).then(
-        (m) => {
-          peak[i] = Math.max(peak[i], m.hwm);
-        },
-        () => {},
-      );
-  }, 100);
+  const memory = [await watchMemory(a.proc.pid, 100), await watchMemory(b.proc.pid, 100)];
+  const before = memory.map((m) => m.before);
   let lines = 0;
   let bytes = 0;
   try {
@@ -289,8 +273,9 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
       req.end();
     });
   } finally {
-    clearInterval(poll);
+    for (const m of memory) m.stop();
   }
+  const peak = memory.map((m) => m.peak());
   assert.equal(lines, records, 'each record once');
   for (const [i, name] of ['merging node', 'other node'].entries()) {
     const growth = peak[i] - before[i].rss;

@@ -21,39 +21,16 @@ import {
   tempDir,
   untilStorePeer,
   waitFor,
+  watchMemory,
 } from '../helpers/index.ts';
 import { captureLogger } from './consumer-fakes.ts';
-import { line, records, T0, ulidAt } from './helpers.ts';
+import { line, records, segmentStoreFlags, T0, ulidAt } from './helpers.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
 
 async function startStore(dir: string, extra: string[] = []): Promise<{ proc: Proc; url: string }> {
-  const api = await freePort();
-  const cluster = await freePort();
-  const proc = spawnTs('cli/oklog.ts', [
-    'store',
-    '-api',
-    `tcp://127.0.0.1:${api}`,
-    '-cluster',
-    `tcp://127.0.0.1:${cluster}`,
-    '-store.path',
-    dir,
-    '-store.segment-consumers',
-    '0',
-    '-store.segment-replication-factor',
-    '1',
-    ...extra,
-  ]);
-  const url = `http://127.0.0.1:${api}`;
+  const { proc, api: url } = await startOklog('store', [...segmentStoreFlags(dir), ...extra]);
   try {
-    await waitFor(
-      async () => {
-        if (proc.child.exitCode !== null) throw new Error(`store exited: ${proc.stderr()}`);
-        return (await fetch(`${url}/health`)).ok;
-      },
-      'oklog store /health',
-      30_000,
-    );
     // The fan-out needs the node to know itself as a store peer (gossip state).
     await untilStorePeer(url);
   } catch (err) {
@@ -94,18 +71,10 @@ test('a 200 MiB result streams through a store process without its RSS growing w
     // Let the scan workers finish loading (a selective query uses them), then take the baseline.
     await (await fetch(`${node.url}/store/query?from=${iso(T0)}&to=${iso(T0 + 1000)}&q=x`)).text();
     await new Promise((r) => setTimeout(r, 1500));
-    const before = await memoryOf(pid);
-    let peak = before.hwm;
+    const memory = await watchMemory(pid, 50);
+    const { before } = memory;
     let received = 0;
     let lines = 0;
-    const poll = setInterval(() => {
-      memoryOf(pid).then(
-        (m) => {
-          peak = Math.max(peak, m.hwm);
-        },
-        () => {},
-      );
-    }, 50);
     try {
       await new Promise<void>((resolve, reject) => {
         const req = request(`${node?.url}/store/query?from=${iso(T0)}&to=${iso(T0 + 10 * perSeg)}`, (res) => {
@@ -126,10 +95,10 @@ test('a 200 MiB result streams through a store process without its RSS growing w
         req.end();
       });
     } finally {
-      clearInterval(poll);
+      memory.stop();
     }
     const after = await memoryOf(pid);
-    peak = Math.max(peak, after.hwm);
+    const peak = Math.max(memory.peak(), after.hwm);
     assert.equal(received, total);
     assert.equal(lines, 4 * perSeg);
     const growth = peak - before.rss;
