@@ -23,17 +23,8 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import {
-  type NodePorts,
-  nodePorts,
-  type Proc,
-  sleep,
-  spawnTs,
-  startOklog,
-  tempDir,
-  waitFor,
-} from '../helpers/index.ts';
+import { type TestContext, test } from 'node:test';
+import { nodePorts, type Proc, sleep, startOklog, tempDir, waitFor } from '../helpers/index.ts';
 
 const RECORD = /^([0-9A-HJKMNP-TV-Z]{26}) default line-(\d{7}) /;
 const FILLER = 'x'.repeat(48);
@@ -255,22 +246,42 @@ function ingeststoreArgs(dir: string, consumers: number): string[] {
   ];
 }
 
-test('kill -9 of an ingeststore mid consume/replicate: every record queryable once, in order', async (t) => {
-  const dir = await tempDir('oklog-crash-consume-');
-  const ingestDir = join(dir.path, 'ingest');
-  const storeDir = join(dir.path, 'store');
-  const ports: NodePorts = await nodePorts();
-  let node: Awaited<ReturnType<typeof startOklog>> | null = null;
+/**
+ * An ingeststore's data directories (removed after test `t`) and ports: `start` (re)starts it with
+ * `consumers` segment consumers, and a node still running when `t` ends is killed.
+ */
+async function ingeststore(t: TestContext, prefix: string) {
+  const dir = await tempDir(prefix);
+  const ports = await nodePorts();
+  const lab = {
+    ingestDir: join(dir.path, 'ingest'),
+    storeDir: join(dir.path, 'store'),
+    node: null as Awaited<ReturnType<typeof startOklog>> | null,
+    async start(consumers: number) {
+      lab.node = await startOklog('ingeststore', ingeststoreArgs(dir.path, consumers), { ports });
+      return lab.node;
+    },
+    /** The backlog: `total` records written at the ingester (consumer off) and flushed; the node runs on. */
+    async backlog(total: number) {
+      const node = await lab.start(0);
+      await sendTcp(ports.fast, numbered(total));
+      await waitBacklog(node.api, total);
+      return node;
+    },
+  };
   t.after(async () => {
-    await node?.proc.kill('SIGKILL');
+    await lab.node?.proc.kill('SIGKILL');
     await dir.cleanup();
   });
+  return lab;
+}
+
+test('kill -9 of an ingeststore mid consume/replicate: every record queryable once, in order', async (t) => {
+  const lab = await ingeststore(t, 'oklog-crash-consume-');
+  const { ingestDir, storeDir } = lab;
 
   // The backlog: every record written at the ingester (fast port, one connection) and flushed.
-  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 0), { ports });
-  await sendTcp(ports.fast, numbered(TOTAL));
-  await waitBacklog(node.api, TOTAL);
-  await node.proc.kill('SIGKILL');
+  await (await lab.backlog(TOTAL)).proc.kill('SIGKILL');
 
   const moments: Moment[] = [
     {
@@ -304,7 +315,7 @@ test('kill -9 of an ingeststore mid consume/replicate: every record queryable on
   let left: string[] = [];
   let claimsOutstanding = 0;
   for (const m of moments) {
-    node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+    const node = await lab.start(1);
     await assertRecovered(node.proc, storeDir, left);
     await until(await m.arm(), m.name);
     await node.proc.kill('SIGKILL');
@@ -319,7 +330,7 @@ test('kill -9 of an ingeststore mid consume/replicate: every record queryable on
   assert.ok(claimsOutstanding > 0, 'a kill left claims outstanding at the ingester');
 
   // Last restart: everything is consumed, then each record must be there once.
-  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+  const node = await lab.start(1);
   await assertRecovered(node.proc, storeDir, left);
   await waitDrained(node.api);
   const { numbers, lines } = await query(node.api);
@@ -327,37 +338,12 @@ test('kill -9 of an ingeststore mid consume/replicate: every record queryable on
 
   // A clean stop (no compaction caught half-way), then what is left on disk.
   assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
-  node = null;
   assert.equal(segmentCount(await filesByExt(ingestDir)), 0, 'no segment left at the ingester');
   const bad = await assertStoreDirClean(storeDir, lines);
   t.diagnostic(`after the drain: store ${await describeDir(storeDir)}; torn tails in .bad: ${bad}`);
 });
 
 // -------------------------------------------------------------------------------------------------
-
-/** `oklog store` on loopback ports (startOklog's port flags include the ingest listeners). */
-async function startStore(ports: NodePorts, args: string[]): Promise<{ proc: Proc; api: string }> {
-  const proc = spawnTs('cli/oklog.ts', [
-    'store',
-    ...['-api', `tcp://127.0.0.1:${ports.api}`, '-cluster', `tcp://127.0.0.1:${ports.cluster}`],
-    ...args,
-  ]);
-  const api = `http://127.0.0.1:${ports.api}`;
-  try {
-    await waitFor(
-      async () => {
-        if (proc.child.exitCode !== null) throw new Error(`store exited: ${proc.stderr()}`);
-        return (await fetch(`${api}/health`)).ok;
-      },
-      'oklog store /health',
-      30_000,
-    );
-  } catch (err) {
-    await proc.kill('SIGKILL');
-    throw new Error(`${(err as Error).message}\n--- stderr ---\n${proc.stderr()}`);
-  }
-  return { proc, api };
-}
 
 const TOTAL2 = 100_000;
 
@@ -385,7 +371,7 @@ test('kill -9 of the replicating store (factor 2) mid-replication: every record 
       ],
       { ports: ip },
     ),
-    startStore(bp, [...seed, '-store.path', bDir, '-store.segment-consumers', '0']),
+    startOklog('store', [...seed, '-store.path', bDir, '-store.segment-consumers', '0'], { ports: bp }),
   ]);
   procs.push(ingest.proc, b.proc);
   const aArgs = [
@@ -413,7 +399,7 @@ test('kill -9 of the replicating store (factor 2) mid-replication: every record 
   ];
   let left: string[] = [];
   for (const m of moments) {
-    const a = await startStore(ap, aArgs);
+    const a = await startOklog('store', aArgs, { ports: ap });
     procs.push(a.proc);
     await assertRecovered(a.proc, aDir, left);
     await until(await m.arm(), m.name);
@@ -425,7 +411,7 @@ test('kill -9 of the replicating store (factor 2) mid-replication: every record 
   }
 
   // Restarted, A gets its old claims back once the ingester's pending timeout returns them.
-  const a = await startStore(ap, aArgs);
+  const a = await startOklog('store', aArgs, { ports: ap });
   procs.push(a.proc);
   await assertRecovered(a.proc, aDir, left);
   await waitDrained(ingest.api);
@@ -462,24 +448,14 @@ async function storedNumbers(dir: string, ext: string): Promise<number[]> {
 }
 
 test('SIGTERM of an ingeststore mid-consume: no batch is both stored and handed back, nothing stored twice', async (t) => {
-  const dir = await tempDir('oklog-clean-stop-');
-  const ingestDir = join(dir.path, 'ingest');
-  const storeDir = join(dir.path, 'store');
-  const ports: NodePorts = await nodePorts();
-  let node: Awaited<ReturnType<typeof startOklog>> | null = null;
-  t.after(async () => {
-    await node?.proc.kill('SIGKILL');
-    await dir.cleanup();
-  });
+  const lab = await ingeststore(t, 'oklog-clean-stop-');
+  const { ingestDir, storeDir } = lab;
   const total = 150_000;
-  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 0), { ports });
-  await sendTcp(ports.fast, numbered(total));
-  await waitBacklog(node.api, total);
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
+  assert.equal(await (await lab.backlog(total)).proc.kill('SIGTERM'), 0);
 
   for (let round = 0; round < 3; round++) {
     const before = count(await filesByExt(storeDir), '.flushed');
-    node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+    const node = await lab.start(1);
     // Stopped while consuming: a batch stored since the start, and the next one's claims taken.
     await until(
       async () =>
@@ -488,7 +464,6 @@ test('SIGTERM of an ingeststore mid-consume: no batch is both stored and handed 
       'consuming',
     );
     assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
-    node = null;
     // What the stop left on disk, before anything could consume or compact it again: the
     // consumers stopped first, so each batch was either committed (stored, gone from the
     // ingester) or failed back (at the ingester, not stored). Never both, which a restart would
@@ -507,10 +482,9 @@ test('SIGTERM of an ingeststore mid-consume: no batch is both stored and handed 
     t.diagnostic(`round ${round}: ${stored.length} stored, ${waiting.size} still at the ingester`);
   }
   // Drained: the store files hold every record exactly once (counted in the files, not a query).
-  node = await startOklog('ingeststore', ingeststoreArgs(dir.path, 1), { ports });
+  const node = await lab.start(1);
   await waitDrained(node.api);
   assert.equal(await node.proc.kill('SIGTERM'), 0);
-  node = null;
   const stored = await storedNumbers(storeDir, '.flushed');
   assert.equal(stored.length, total);
   assert.equal(new Set(stored).size, total);
