@@ -21,6 +21,38 @@ after(async () => {
   for (const c of cleanups.reverse()) await c().catch(() => {});
 });
 
+/**
+ * A real `oklog ingest` node on a new data directory (both gone after the file's tests). `start`
+ * starts it again on the same ports; `restart` stops it first with `signal` (SIGTERM: a clean exit 0).
+ */
+async function startIngest() {
+  const dir = await tempDir();
+  cleanups.push(dir.cleanup);
+  const args = ['-ingest.path', join(dir.path, 'ingest')];
+  const ingest = {
+    dir: dir.path,
+    node: await startOklog('ingest', args),
+    async start() {
+      ingest.node = await startOklog('ingest', args, { ports: ingest.node.ports });
+    },
+    async restart(signal: 'SIGTERM' | 'SIGKILL') {
+      const expected = signal === 'SIGTERM' ? 0 : 'SIGKILL';
+      assert.equal(await ingest.node.proc.kill(signal), expected, `stopped with ${signal}`);
+      await sleep(300);
+      await ingest.start();
+    },
+  };
+  cleanups.push(() => ingest.node.proc.kill('SIGKILL'));
+  return ingest;
+}
+
+/** `oklog forward <args>`, killed after the file's tests if still running. */
+function forwarder(args: string[]): Proc {
+  const fwd = startForward(args);
+  cleanups.push(() => fwd.kill('SIGKILL'));
+  return fwd;
+}
+
 /** Every stored line of every segment, sorted by ULID. */
 async function storedLines(dataDir: string): Promise<string[]> {
   const dir = join(dataDir, 'ingest');
@@ -33,49 +65,6 @@ async function storedLines(dataDir: string): Promise<string[]> {
   return lines.sort();
 }
 
-test('-ack into a real ingester: every record stored exactly once, in order, with the topic', async () => {
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  const node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')]);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const r = await run(
-    'cli/oklog.ts',
-    ['forward', '-ack', '-topic', 'audit', '-ack-batch-records', '2000', `127.0.0.1:${node.ports.api}`],
-    { input: numberedLines(20_000, '100% ok') },
-  );
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
-  const lines = await storedLines(dir.path);
-  assert.equal(lines.length, 20_000);
-  lines.forEach((l, i) => {
-    assert.equal(l.slice(27), `audit line-${String(i + 1).padStart(7, '0')} 100% ok`);
-  });
-});
-
-test('fast mode: the ingester restarts mid-stream and no record is lost', async (t) => {
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  let node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')]);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const ports = node.ports;
-  const fwd = startForward([`127.0.0.1:${ports.fast}`]);
-  cleanups.push(() => fwd.kill('SIGKILL'));
-
-  const total = await produceThroughRestart(fwd, async () => {
-    assert.equal(await node.proc.kill('SIGTERM'), 0, 'clean shutdown');
-    await sleep(300);
-    node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')], { ports });
-  });
-  assert.equal(await fwd.exited, 0, fwd.stderr());
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
-
-  const nums = lineNumbers(await storedLines(dir.path));
-  const seen = new Set(nums);
-  for (let i = 1; i <= total; i++) assert.ok(seen.has(i), `record ${i} lost`);
-  assert.ok(!seen.has(-1), 'no garbled record');
-  t.diagnostic(`duplicates from the resend window: ${nums.length - seen.size}`);
-});
-
 /** Every number 1..n stored at least once, nothing garbled; returns the duplicates. */
 async function checkStored(dataDir: string, n: number): Promise<number> {
   const nums = lineNumbers(await storedLines(dataDir));
@@ -85,48 +74,59 @@ async function checkStored(dataDir: string, n: number): Promise<number> {
   return nums.length - seen.size;
 }
 
+test('-ack into a real ingester: every record stored exactly once, in order, with the topic', async () => {
+  const { node, dir } = await startIngest();
+  const r = await run(
+    'cli/oklog.ts',
+    ['forward', '-ack', '-topic', 'audit', '-ack-batch-records', '2000', `127.0.0.1:${node.ports.api}`],
+    { input: numberedLines(20_000, '100% ok') },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(await node.proc.kill('SIGTERM'), 0);
+  const lines = await storedLines(dir);
+  assert.equal(lines.length, 20_000);
+  lines.forEach((l, i) => {
+    assert.equal(l.slice(27), `audit line-${String(i + 1).padStart(7, '0')} 100% ok`);
+  });
+});
+
+test('fast mode: the ingester restarts mid-stream and no record is lost', async (t) => {
+  const ingest = await startIngest();
+  const fwd = forwarder([`127.0.0.1:${ingest.node.ports.fast}`]);
+
+  const total = await produceThroughRestart(fwd, () => ingest.restart('SIGTERM'));
+  assert.equal(await fwd.exited, 0, fwd.stderr());
+  assert.equal(await ingest.node.proc.kill('SIGTERM'), 0);
+
+  t.diagnostic(`duplicates from the resend window: ${await checkStored(ingest.dir, total)}`);
+});
+
 test('fast mode: kill -9 of the ingest node mid-stream; after its restart no record is lost', async (t) => {
   // SIGTERM lets the node read and write what it was sent; kill -9 loses whatever sat unread in
   // its socket buffers or unwritten in its memory. Only the resend window brings that back
   // (with -resend-window 0 this loses records).
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  const args = ['-ingest.path', join(dir.path, 'ingest')];
-  let node = await startOklog('ingest', args);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const ports = node.ports;
-  const fwd = startForward([`127.0.0.1:${ports.fast}`]);
-  cleanups.push(() => fwd.kill('SIGKILL'));
-  const total = await produceThroughRestart(fwd, async () => {
-    assert.equal(await node.proc.kill('SIGKILL'), 'SIGKILL');
-    await sleep(300);
-    node = await startOklog('ingest', args, { ports });
-  });
+  const ingest = await startIngest();
+  const fwd = forwarder([`127.0.0.1:${ingest.node.ports.fast}`]);
+  const total = await produceThroughRestart(fwd, () => ingest.restart('SIGKILL'));
   assert.equal(await fwd.exited, 0, fwd.stderr());
   assert.match(fwd.stderr(), /connection lost/);
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
-  t.diagnostic(`duplicates from the resend window: ${await checkStored(dir.path, total)}`);
+  assert.equal(await ingest.node.proc.kill('SIGTERM'), 0);
+  t.diagnostic(`duplicates from the resend window: ${await checkStored(ingest.dir, total)}`);
 });
 
 test('end of input: the node is stopped (SIGSTOP) then killed; the forwarder re-sends, not exit 0', async () => {
   // Everything was written to a node that read none of it. At stdin EOF the forwarder must wait
   // for the node's own close; the kill resets the connection instead, so the window is sent
   // again once the node is back.
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  const args = ['-ingest.path', join(dir.path, 'ingest')];
-  let node = await startOklog('ingest', args);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const ports = node.ports;
-  process.kill(-node.proc.pid, 'SIGSTOP');
-  const stopped: Proc = node.proc;
+  const ingest = await startIngest();
+  const stopped: Proc = ingest.node.proc;
+  process.kill(-stopped.pid, 'SIGSTOP');
   cleanups.push(async () => {
     try {
       process.kill(-stopped.pid, 'SIGCONT');
     } catch {}
   });
-  const fwd = startForward([`127.0.0.1:${ports.fast}`]);
-  cleanups.push(() => fwd.kill('SIGKILL'));
+  const fwd = forwarder([`127.0.0.1:${ingest.node.ports.fast}`]);
   await writeStdin(fwd, numberedLines(50_000));
   fwd.child.stdin!.end();
   await sleep(700);
@@ -134,25 +134,21 @@ test('end of input: the node is stopped (SIGSTOP) then killed; the forwarder re-
   process.kill(-stopped.pid, 'SIGKILL');
   await stopped.exited;
   await waitFor(() => fwd.stderr().includes('connection lost'), 'the reset noticed');
-  node = await startOklog('ingest', args, { ports });
+  await ingest.start();
   assert.equal(await fwd.exited, 0, fwd.stderr());
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
-  await checkStored(dir.path, 50_000);
+  assert.equal(await ingest.node.proc.kill('SIGTERM'), 0);
+  await checkStored(ingest.dir, 50_000);
 });
 
 test('signals: SIGTERM flushes everything into a real ingester and exits 0', async () => {
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  const node = await startOklog('ingest', ['-ingest.path', join(dir.path, 'ingest')]);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const fwd = startForward([`127.0.0.1:${node.ports.durable}`]);
-  cleanups.push(() => fwd.kill('SIGKILL'));
+  const { node, dir } = await startIngest();
+  const fwd = forwarder([`127.0.0.1:${node.ports.durable}`]);
   await waitFor(() => fwd.stderr().includes('msg=connected'), 'connected');
   await writeStdin(fwd, numberedLines(30_000));
   process.kill(-fwd.pid, 'SIGTERM');
   assert.equal(await fwd.exited, 0, fwd.stderr());
   assert.equal(await node.proc.kill('SIGTERM'), 0);
-  const nums = lineNumbers(await storedLines(dir.path));
+  const nums = lineNumbers(await storedLines(dir));
   assert.deepEqual(
     nums,
     Array.from({ length: 30_000 }, (_, i) => i + 1),
@@ -161,25 +157,15 @@ test('signals: SIGTERM flushes everything into a real ingester and exits 0', asy
 });
 
 test('-ack: the ingest node is killed (-9) and restarted mid-stream; every record is stored', async (t) => {
-  const dir = await tempDir();
-  cleanups.push(dir.cleanup);
-  const args = ['-ingest.path', join(dir.path, 'ingest')];
-  let node = await startOklog('ingest', args);
-  cleanups.push(() => node.proc.kill('SIGKILL'));
-  const ports = node.ports;
-  const fwd = startForward(['-ack', `127.0.0.1:${ports.api}`]);
-  cleanups.push(() => fwd.kill('SIGKILL'));
+  const ingest = await startIngest();
+  const fwd = forwarder(['-ack', `127.0.0.1:${ingest.node.ports.api}`]);
   const total = await produceThroughRestart(
     fwd,
-    async () => {
-      assert.equal(await node.proc.kill('SIGKILL'), 'SIGKILL');
-      await sleep(300);
-      node = await startOklog('ingest', args, { ports });
-    },
+    () => ingest.restart('SIGKILL'),
     () => true,
   );
   assert.equal(await fwd.exited, 0, fwd.stderr());
   assert.match(fwd.stderr(), /batch not acknowledged; will resend/);
-  assert.equal(await node.proc.kill('SIGTERM'), 0);
-  t.diagnostic(`duplicates (answers lost with the node): ${await checkStored(dir.path, total)}`);
+  assert.equal(await ingest.node.proc.kill('SIGTERM'), 0);
+  t.diagnostic(`duplicates (answers lost with the node): ${await checkStored(ingest.dir, total)}`);
 });
