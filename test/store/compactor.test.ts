@@ -4,8 +4,13 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { RealFileSystem } from '../../node/fs/index.ts';
-import { Compactor, pickOverlapping, pickSequential } from '../../node/store/compactor.ts';
-import { createStoreMetrics } from '../../node/store/metrics.ts';
+import {
+  Compactor,
+  type CompactorOptions,
+  pickOverlapping,
+  pickSequential,
+} from '../../node/store/compactor.ts';
+import { createStoreMetrics, type StoreMetrics } from '../../node/store/metrics.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { receiveSegment } from '../../node/store/replicate.ts';
 import type { StoreLog } from '../../node/store/store-log.ts';
@@ -77,6 +82,19 @@ async function withLog(fn: (log: StoreLog, dir: string, now: { t: number }) => P
   }
 }
 
+/** A compactor over `log`: 1 MiB outputs, nothing expires, trash purged at once (unless `o` says otherwise). */
+function compactor(log: StoreLog, metrics: StoreMetrics, o: Partial<CompactorOptions> = {}): Compactor {
+  return new Compactor({
+    log,
+    logger: silent,
+    metrics,
+    targetSize: 1 << 20,
+    retainMs: 1e12,
+    purgeMs: 0,
+    ...o,
+  });
+}
+
 async function allRecords(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const f of (await readdir(dir)).filter((n) => n.endsWith('.flushed')).sort())
@@ -102,7 +120,7 @@ test('overlapping compaction merges a pair, drops duplicates, splits by size wit
     const targetSize = 3 * len;
     await receiveSegment(log, body(a));
     await receiveSegment(log, body(b));
-    const c = new Compactor({ log, logger: silent, metrics, targetSize, retainMs: 1e12, purgeMs: 0 });
+    const c = compactor(log, metrics, { targetSize });
     const r = await c.compactOverlapping();
     assert.equal(r.result, 'OK');
     assert.equal(r.inputs, 2);
@@ -133,14 +151,7 @@ test('sequential compaction merges small neighbours into one', async () => {
   await withLog(async (log, dir) => {
     const metrics = createStoreMetrics(new Registry());
     for (let k = 0; k < 4; k++) await receiveSegment(log, body(line(T0 + k * 10, 0, `s${k}`)));
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 1e12,
-      purgeMs: 0,
-    });
+    const c = compactor(log, metrics);
     assert.equal((await c.compactOverlapping()).result, 'NoSegmentsAvailable');
     const r = await c.compactSequential();
     assert.equal(r.result, 'OK');
@@ -162,14 +173,7 @@ test('a failed compaction deletes its outputs and gives the inputs back', async 
     log.commit = async () => {
       throw new Error('disk full');
     };
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 1e12,
-      purgeMs: 0,
-    });
+    const c = compactor(log, metrics);
     const r = await c.compactOverlapping();
     assert.equal(r.result, 'Error');
     assert.deepEqual((await readdir(dir)).sort(), before);
@@ -185,14 +189,7 @@ test('retention trashes by HIGH ULID and purge deletes after the purge period (i
     const hour = 3_600_000;
     await receiveSegment(log, body(line(T0, 0, 'old') + line(T0 + hour, 0, 'old end')));
     await receiveSegment(log, body(line(T0 + 5 * hour, 0, 'new')));
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 2 * hour,
-      purgeMs: hour,
-    });
+    const c = compactor(log, metrics, { retainMs: 2 * hour, purgeMs: hour });
     now.t = T0 + 3 * hour - 1; // first segment's newest record is 2h − 1ms old: kept
     assert.equal(await c.trashExpired(), 0);
     now.t = T0 + 3 * hour + 1;
@@ -239,14 +236,7 @@ test('a compaction input with lines that are not records is repaired once; compa
     const metrics = createStoreMetrics(registry);
     const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent, metrics });
     try {
-      const c = new Compactor({
-        log,
-        logger: silent,
-        metrics,
-        targetSize: 1 << 20,
-        retainMs: 1e12,
-        purgeMs: 0,
-      });
+      const c = compactor(log, metrics);
       const first = await c.compactOverlapping();
       assert.equal(first.result, 'Error');
       // Repaired at once: the good records in a segment of the same name, the rest in .bad.
@@ -304,14 +294,7 @@ test('records outside the name bounds or unsorted across chunks are found by the
     const reopened = await openStoreLog({ fs: new RealFileSystem(), root: dir, logger: silent });
     try {
       await receiveSegment(reopened, body(line(T0 + 3, 0, 'b')));
-      const c = new Compactor({
-        log: reopened,
-        logger: silent,
-        metrics,
-        targetSize: 1 << 20,
-        retainMs: 1e12,
-        purgeMs: 0,
-      });
+      const c = compactor(reopened, metrics);
       assert.equal((await c.compactOverlapping()).result, 'Error');
       // Renamed from its records: now it overlaps nothing, and every record is findable.
       const files = (await readdir(dir)).filter((n) => n.endsWith('.flushed')).sort();
@@ -346,7 +329,7 @@ test('retention: thirty daily segments are not merged into one that outlives ret
         log,
         body(line(T0 + k * day, 0, `day ${k} a`) + line(T0 + k * day + 3_600_000, 0, `day ${k} b`)),
       );
-    const c = new Compactor({ log, logger: silent, metrics, targetSize: 1 << 20, retainMs, purgeMs: day });
+    const c = compactor(log, metrics, { retainMs, purgeMs: day });
     assert.equal(c.maxSpanMs, day);
     for (let i = 0; i < 40 && (await c.compactSequential()).result === 'OK'; i++);
     const segs = log.list(['flushed']);
@@ -377,15 +360,7 @@ test('compaction outputs are cut at the time span, and are then left alone', asy
     }
     await receiveSegment(log, body(a));
     await receiveSegment(log, body(b));
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 1e12,
-      purgeMs: 0,
-      maxSpanMs: 3 * hour,
-    });
+    const c = compactor(log, metrics, { maxSpanMs: 3 * hour });
     const r = await c.compactOverlapping();
     assert.equal(r.result, 'OK');
     // Each output ends at its first record's time + 3 h: a0..a3, then b3 (3 h + 1 ms)..b6, a7..b9.
@@ -404,14 +379,7 @@ test('a compaction output with an input’s bounds takes that very name', async 
     await receiveSegment(log, body(line(T0 + 5, 0, 'b')));
     // A query reads the wider input throughout the compaction.
     const [held] = log.select(ulidAt(T0), ulidAt(T0));
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 1e12,
-      purgeMs: 0,
-    });
+    const c = compactor(log, metrics);
     assert.equal((await c.compactOverlapping()).result, 'OK');
     const flushed = (await readdir(dir)).filter((n) => n.endsWith('.flushed'));
     assert.deepEqual(flushed, [`${ulidAt(T0)}-${ulidAt(T0 + 10)}.flushed`]);
@@ -443,14 +411,7 @@ test('set-aside files (*.bad, quarantine/) are deleted once older than retain + 
     for (const f of Object.values(files)) await writeFile(f, 'x\n');
     for (const f of [files.oldBad, files.oldQ, files.notes]) await utimes(f, old, old);
     now.t = Date.now();
-    const c = new Compactor({
-      log,
-      logger: silent,
-      metrics,
-      targetSize: 1 << 20,
-      retainMs: 2 * hour,
-      purgeMs: hour,
-    });
+    const c = compactor(log, metrics, { retainMs: 2 * hour, purgeMs: hour });
     await c.purgeTrash();
     const left = [...(await readdir(dir)), ...(await readdir(join(dir, 'quarantine')))].sort();
     assert.deepEqual(left, ['LOCK', 'notes.txt', 'quarantine', 'y.active.bad']);
