@@ -8,8 +8,8 @@ import { createWriteStream } from 'node:fs';
 import { open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { freePort, spawnTs, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
-import { memoryMiB, runIfMain } from './lib.ts';
+import { freePort, spawnTs, startOklog, waitFor } from '../test/helpers/index.ts';
+import { memoryMiB, runIfMain, withNode, withTempDir } from './lib.ts';
 
 const execFileP = promisify(execFile);
 const RECORDS = Number(process.env.BENCH_E2E_RECORDS ?? 2_000_000);
@@ -116,8 +116,7 @@ async function allCommitted(api: string, records: number): Promise<boolean> {
 }
 
 export async function run(): Promise<string> {
-  const tmp = await tempDir('oklog-bench-e2e-');
-  try {
+  return withTempDir('oklog-bench-e2e-', async (tmp) => {
     const input = join(tmp.path, 'input.log');
     process.stderr.write(`generating ${RECORDS} records...\n`);
     const { bytes, markers } = await generate(input);
@@ -153,7 +152,7 @@ export async function run(): Promise<string> {
     if (node === null) throw new Error('no round ran');
     const ratios = rounds.map((x) => x.rawSec / x.e2eSec);
     const median = [...ratios].sort((a, b) => a - b)[Math.floor(ratios.length / 2)];
-    try {
+    return withNode(node, async () => {
       // Latency of a single record at default settings, through a forwarder that stays connected
       // (as `app | oklog forward` does): the ingester's flush age, then the consumer's gather.
       const one = spawnTs('cli/oklog.js', ['forward', `127.0.0.1:${node.ports.fast}`], { stdin: 'pipe' });
@@ -222,12 +221,8 @@ export async function run(): Promise<string> {
         '',
         `Correctness in the same run: export returned ${exp.lines} of ${RECORDS + 1} records (the ${RECORDS.toLocaleString('en')} forwarded plus the latency probe); the marker query returned ${q.lines} of ${markers}.`,
       ].join('\n');
-    } finally {
-      await node.proc.kill('SIGTERM');
-    }
-  } finally {
-    await tmp.cleanup();
-  }
+    });
+  });
 }
 
 runIfMain(import.meta.url, run);

@@ -12,7 +12,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { freePort, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
-import { memoryMiB, runIfMain } from './lib.ts';
+import { memoryMiB, runIfMain, withNode, withTempDir } from './lib.ts';
 
 const RECORDS = Number(process.env.BENCH_INGEST_RECORDS ?? 1_000_000);
 const DURABLE_RECORDS = Number(process.env.BENCH_INGEST_DURABLE_RECORDS ?? 200_000);
@@ -168,15 +168,14 @@ async function oklogRun(api: string, port: number, slices: Buffer[], records: nu
 const fmt = (n: number) => Math.round(n).toLocaleString('en');
 
 export async function run(): Promise<string> {
-  const tmp = await tempDir('oklog-bench-ingest-');
   const log = (s: string) => process.stderr.write(`ingest bench: ${s}\n`);
-  try {
+  return withTempDir('oklog-bench-ingest-', async (tmp) => {
     log(`generating ${fmt(RECORDS)} records`);
     const fast = generate(RECORDS, CONNS);
     const durable = generate(DURABLE_RECORDS, CONNS);
     const mib = fast.bytes / 2 ** 20;
     const node = await startOklog('ingest', ['-ingest.path', join(tmp.path, 'ingest')], { launcher: true });
-    try {
+    return withNode(node, async () => {
       let bestRaw = Number.POSITIVE_INFINITY;
       let bestFast = Number.POSITIVE_INFINITY;
       for (let r = 0; r < ROUNDS; r++) {
@@ -225,12 +224,8 @@ export async function run(): Promise<string> {
         `| durable mode (group commit) | ${fmt(durableRate)} rec/s | one write + fdatasync per record, ${CONNS} connections in parallel: ${fmt(bestFsync)} rec/s | ${dRatio.toFixed(0)}× | ≥ 20× (${ok(dRatio >= 20)}) |`,
         `| node peak RSS (VmHWM, whole run) | ${rss.toFixed(0)} MiB | | | < 300 MiB (${ok(rss < 300)}) |`,
       ].join('\n');
-    } finally {
-      await node.proc.kill('SIGTERM');
-    }
-  } finally {
-    await tmp.cleanup();
-  }
+    });
+  });
 }
 
 runIfMain(import.meta.url, run);

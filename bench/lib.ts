@@ -1,12 +1,31 @@
-// Plumbing shared by the benchmarks: memory readings of a process, and running one benchmark file
-// on its own (`node --import tsx bench/e2e.ts`) as well as from `npm run bench`.
-import { readFile } from 'node:fs/promises';
+// Plumbing shared by the benchmarks: memory readings of a process, the temporary directory and the
+// node of a run, and running one benchmark file on its own (`node --import tsx bench/e2e.ts`) as
+// well as from `npm run bench`.
+import { memoryOf, type Proc, tempDir } from '../test/helpers/index.ts';
 
 /** Current and peak resident memory of `pid`, in MiB (VmRSS, VmHWM). */
 export async function memoryMiB(pid: number): Promise<{ rss: number; hwm: number }> {
-  const s = await readFile(`/proc/${pid}/status`, 'utf8');
-  const mib = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? Number.NaN) / 1024;
-  return { rss: mib('VmRSS'), hwm: mib('VmHWM') };
+  const m = await memoryOf(pid);
+  return { rss: m.rss / 2 ** 20, hwm: m.hwm / 2 ** 20 };
+}
+
+/** Runs `fn` in a new temporary directory, removed afterwards whatever happens. */
+export async function withTempDir<T>(prefix: string, fn: (tmp: { path: string }) => Promise<T>): Promise<T> {
+  const tmp = await tempDir(prefix);
+  try {
+    return await fn(tmp);
+  } finally {
+    await tmp.cleanup();
+  }
+}
+
+/** Runs `fn` with a started node, then stops the node (SIGTERM) whatever happens. */
+export async function withNode<T>(node: { proc: Proc }, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } finally {
+    await node.proc.kill('SIGTERM');
+  }
 }
 
 /** Runs the benchmark and prints its Markdown when `moduleUrl` is the script node was started with. */

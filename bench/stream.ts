@@ -8,9 +8,9 @@ import { writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
-import { line, T0, ulidAt } from '../test/store/helpers.ts';
-import { memoryMiB, runIfMain } from './lib.ts';
+import { startOklog, waitFor } from '../test/helpers/index.ts';
+import { line, segmentStoreFlags, T0, ulidAt } from '../test/store/helpers.ts';
+import { memoryMiB, runIfMain, withNode, withTempDir } from './lib.ts';
 
 const execFileP = promisify(execFile);
 const SEGMENTS = Number(process.env.BENCH_STREAM_SEGMENTS ?? 8);
@@ -18,8 +18,7 @@ const SEGMENT_BYTES = 128 * 2 ** 20;
 const LINE = 200;
 
 export async function run(): Promise<string> {
-  const tmp = await tempDir('oklog-bench-stream-');
-  try {
+  return withTempDir('oklog-bench-stream-', async (tmp) => {
     const dir = join(tmp.path, 'store');
     await execFileP('mkdir', ['-p', dir]);
     const perSeg = Math.floor(SEGMENT_BYTES / LINE);
@@ -40,12 +39,8 @@ export async function run(): Promise<string> {
     await execFileP('sh', ['-c', `cat ${files.join(' ')} > /dev/null`]);
     const catSec = Number(process.hrtime.bigint() - c0) / 1e9;
 
-    const node = await startOklog(
-      'store',
-      ['-store.path', dir, '-store.segment-consumers', '0', '-store.segment-replication-factor', '1'],
-      { launcher: true },
-    );
-    try {
+    const node = await startOklog('store', segmentStoreFlags(dir), { launcher: true });
+    return withNode(node, async () => {
       const from = new Date(T0).toISOString();
       const to = new Date(T0 + SEGMENTS * perSeg).toISOString();
       const url = `${node.api}/store/query?from=${from}&to=${to}`;
@@ -95,12 +90,8 @@ export async function run(): Promise<string> {
         `| stream ${gib.toFixed(2)} GiB | ${sec.toFixed(2)} s, ${(total / 2 ** 20 / sec).toFixed(0)} MiB/s | \`cat\` of the files to /dev/null ${catSec.toFixed(2)} s | |`,
         `| store RSS before → peak while streaming (VmHWM) | ${before.rss.toFixed(0)} → ${peak.toFixed(0)} MiB | | < 300 MiB |`,
       ].join('\n');
-    } finally {
-      await node.proc.kill('SIGTERM');
-    }
-  } finally {
-    await tmp.cleanup();
-  }
+    });
+  });
 }
 
 runIfMain(import.meta.url, run);
