@@ -1,7 +1,7 @@
 // Shared test plumbing: free ports, temp dirs, real node processes that are always cleaned up.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -20,6 +20,16 @@ export async function freePort(host = '127.0.0.1'): Promise<number> {
       const port = typeof addr === 'object' && addr ? addr.port : 0;
       s.close(() => res(port));
     });
+  });
+}
+
+/** Sends `data` on one TCP connection to 127.0.0.1:`port` (one writer: ULIDs follow its order) and closes it. */
+export function sendTcp(port: number, data: string | Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ port, host: '127.0.0.1' }, () => s.end(data));
+    s.on('error', reject);
+    s.resume();
+    s.on('close', () => resolve());
   });
 }
 

@@ -21,10 +21,9 @@
 // of records that are stored anyway. Nothing here depends on timing: every wait is for a state.
 import assert from 'node:assert/strict';
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { nodePorts, type Proc, sleep, startOklog, tempDir, waitFor } from '../helpers/index.ts';
+import { nodePorts, type Proc, sendTcp, sleep, startOklog, tempDir, waitFor } from '../helpers/index.ts';
 
 const RECORD = /^([0-9A-HJKMNP-TV-Z]{26}) default line-(\d{7}) /;
 const FILLER = 'x'.repeat(48);
@@ -34,16 +33,6 @@ function numbered(count: number): Buffer {
   const parts: string[] = [];
   for (let i = 1; i <= count; i++) parts.push(`line-${String(i).padStart(7, '0')} ${FILLER}\n`);
   return Buffer.from(parts.join(''));
-}
-
-/** Sends `data` on one TCP connection (one writer: ULIDs follow the line order) and closes it. */
-function sendTcp(port: number, data: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ port, host: '127.0.0.1' }, () => s.end(data));
-    s.on('error', reject);
-    s.resume();
-    s.on('close', () => resolve());
-  });
 }
 
 interface IngestStats {

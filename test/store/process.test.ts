@@ -4,7 +4,6 @@ import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { type NodeMode, nodeFlagSpecs, startNode } from '../../node/main.ts';
@@ -16,6 +15,7 @@ import {
   type Proc,
   portFlags,
   ROOT,
+  sendTcp,
   spawnTs,
   startOklog,
   tempDir,
@@ -385,16 +385,6 @@ test('-store.segment-retain and -store.segment-purge through a store process: tr
     await dir.cleanup();
   }
 });
-
-/** Sends `data` on one TCP connection and closes it. */
-function sendTcp(port: number, data: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = connect({ port, host: '127.0.0.1' }, () => s.end(data));
-    s.on('error', reject);
-    s.resume();
-    s.on('close', () => resolve());
-  });
-}
 
 /** Every record of the last hour through `/store/query`, with the ingester's ULIDs stripped. */
 async function queryAll(api: string): Promise<string[]> {
