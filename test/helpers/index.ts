@@ -1,5 +1,7 @@
 // Shared test plumbing: free ports, temp dirs, real node processes that are always cleaned up.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,18 +11,48 @@ export const ROOT = resolve(import.meta.dirname, '../..');
 /** tsx's loader by absolute URL, so a child started in another cwd still finds it. */
 const TSX = import.meta.resolve('tsx');
 
-/** A TCP port free on 127.0.0.1 right now (bind port 0, read it, close). */
-export async function freePort(host = '127.0.0.1'): Promise<number> {
-  return await new Promise((res, rej) => {
+/**
+ * Ports handed out by freePort come from below the kernel's ephemeral range: a port from inside it
+ * can be taken by any outgoing connection (of another test running in parallel, say) between a
+ * node's kill and its restart on the same ports, which made restart tests fail with EADDRINUSE.
+ */
+const PORT_RANGE = (() => {
+  let low = 32768;
+  try {
+    low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+  } catch {}
+  return low > 12_000 ? { from: 10_000, to: low - 1 } : { from: 61_000, to: 65_000 };
+})();
+let nextPort = PORT_RANGE.from + Math.floor(Math.random() * (PORT_RANGE.to - PORT_RANGE.from));
+
+/** Whether `port` can be bound on `host` for TCP and UDP right now (gossip uses both). */
+async function bindable(port: number, host: string): Promise<boolean> {
+  const tcp = await new Promise<boolean>((res) => {
     const s = createServer();
     s.unref();
-    s.on('error', rej);
-    s.listen(0, host, () => {
-      const addr = s.address();
-      const port = typeof addr === 'object' && addr ? addr.port : 0;
-      s.close(() => res(port));
-    });
+    s.once('error', () => res(false));
+    s.listen(port, host, () => s.close(() => res(true)));
   });
+  if (!tcp) return false;
+  return await new Promise<boolean>((res) => {
+    const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    u.unref();
+    u.once('error', () => {
+      u.close();
+      res(false);
+    });
+    u.bind(port, host, () => u.close(() => res(true)));
+  });
+}
+
+/** A TCP (and UDP) port free on `host` right now, outside the ephemeral range. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let tries = 0; tries < 1000; tries++) {
+    const port = nextPort;
+    nextPort = nextPort >= PORT_RANGE.to ? PORT_RANGE.from : nextPort + 1;
+    if (await bindable(port, host)) return port;
+  }
+  throw new Error(`no free port on ${host} in ${PORT_RANGE.from}-${PORT_RANGE.to}`);
 }
 
 /** Sends `data` on one TCP connection to 127.0.0.1:`port` (one writer: ULIDs follow its order) and closes it. */

@@ -234,7 +234,8 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
   const db = await tempDir('oklog-mem-fan-b-');
   dirs.push(da, db);
   // The same records on both nodes (replicas): the fan-out merges them and drops the copies.
-  const records = await writeSegments(da.path, T0, 2, 64);
+  // 256 MiB: more than either node may grow by (176 MiB), so a node that held the result fails.
+  const records = await writeSegments(da.path, T0, 4, 64);
   for (const f of await readdir(da.path)) await copyFile(join(da.path, f), join(db.path, f));
   const b = await startStore(db.path);
   const a = await startStore(da.path, ['-peer', `127.0.0.1:${b.ports.cluster}`]);
@@ -282,6 +283,8 @@ test('a large selective result merged from two nodes: RSS does not grow with it 
     t.diagnostic(
       `${name}: RSS ${(before[i].rss / MiB).toFixed(0)} MiB before, peak ${(peak[i] / MiB).toFixed(0)} MiB for a ${(bytes / MiB).toFixed(0)} MiB result`,
     );
-    assert.ok(growth < 100 * MiB, `${name}: peak RSS grew by ${(growth / MiB).toFixed(0)} MiB`);
+    // Bounded, not zero: V8's heap and the worker isolates grow with the churn up to a point (about
+    // 80 MiB for a 128 MiB result, 130 for 512 MiB, measured), whatever the result's size.
+    assert.ok(growth < 176 * MiB, `${name}: peak RSS grew by ${(growth / MiB).toFixed(0)} MiB`);
   }
 });

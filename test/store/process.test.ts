@@ -105,8 +105,10 @@ test('a 200 MiB result streams through a store process without its RSS growing w
     t.diagnostic(
       `RSS ${(before.rss / 2 ** 20).toFixed(0)} MiB before, peak ${(peak / 2 ** 20).toFixed(0)} MiB while streaming ${(total / 2 ** 20).toFixed(0)} MiB`,
     );
+    // Bounded below the 200 MiB result (a node holding it would pass this), with room for the
+    // heap's growth under a loaded machine (about 55 MiB alone, 89 seen beside other tests).
     assert.ok(
-      growth < 80 << 20,
+      growth < 130 << 20,
       `peak RSS grew by ${(growth / 2 ** 20).toFixed(0)} MiB (from ${(before.rss / 2 ** 20).toFixed(0)} MiB) for a ${(total / 2 ** 20).toFixed(0)} MiB result`,
     );
   } finally {
