@@ -130,8 +130,9 @@ export class StreamConnection implements Connection {
   private async pump(): Promise<void> {
     await this.queue.pump();
     if (this.queue.failed) {
-      // Logged and counted by the writer. Close the connection; the node stays up.
-      this.socket.destroy();
+      // Logged and counted by the writer. Reset the connection (not a FIN, which a forwarder
+      // takes for "everything read"): it sends its unconfirmed records again. The node stays up.
+      this.socket.resetAndDestroy();
       return;
     }
     // Nothing of ours is queued any more, so we may read on even when the budget is full (one
@@ -158,8 +159,18 @@ export class StreamConnection implements Connection {
       if (cut > 0) this.ctx.metrics.recordsDropped.inc({ reason: 'truncated' }, cut);
     }
     await this.queue.idle();
-    await this.writer.close();
-    this.socket.destroy();
+    let clean = why === 'eof' && !this.queue.failed;
+    try {
+      await this.writer.close();
+    } catch {
+      clean = false; // logged and counted by the writer
+    }
+    // A FIN only when everything up to the client's EOF was read and written: that is what a
+    // forwarder waits for before it exits 0. Any other end (shutdown with data unread, an invalid
+    // topic with lines after it, a failed write) is a reset, so the forwarder sends again what it
+    // cannot know was stored.
+    if (clean) this.socket.destroy();
+    else this.socket.resetAndDestroy();
     this.set.delete(this);
   }
 }

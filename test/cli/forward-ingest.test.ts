@@ -169,3 +169,24 @@ test('-ack: the ingest node is killed (-9) and restarted mid-stream; every recor
   assert.equal(await ingest.node.proc.kill('SIGTERM'), 0);
   t.diagnostic(`duplicates (answers lost with the node): ${await checkStored(ingest.dir, total)}`);
 });
+
+test('an ingester that stops reading at an invalid topic resets the connection: the forwarder exits 1, not 0', async () => {
+  const dir = await tempDir();
+  cleanups.push(dir.cleanup);
+  const node = await startOklog('ingest', [
+    '-ingest.path',
+    join(dir.path, 'ingest'),
+    '-topic-mode',
+    'dynamic',
+  ]);
+  cleanups.push(() => node.proc.kill('SIGKILL'));
+  const r = await run('cli/oklog.ts', ['forward', `127.0.0.1:${node.ports.fast}`], {
+    input: 'app one\napp two\nbad!topic three\napp four\n',
+  });
+  // The lines after the refused one never reach the disk; a FIN would have told the forwarder
+  // they had been read (it exited 0 before the node reset such connections).
+  assert.equal(r.code, 1, r.stderr);
+  assert.equal(await node.proc.kill('SIGTERM'), 0);
+  const stored = new Set((await storedLines(dir.path)).map((l) => l.slice(27)));
+  assert.deepEqual([...stored].sort(), ['app one', 'app two']);
+});
