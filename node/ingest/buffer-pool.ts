@@ -19,9 +19,14 @@ export class FrameBufferPool {
     private readonly keep = 64,
   ) {}
 
-  /** A buffer of at least `n` bytes (contents undefined). */
+  /**
+   * A buffer of at least `n` bytes (contents undefined). Only requests of at least half the pooled
+   * size get a pooled buffer: a small batch (a trickle of lines, one read each) holding a whole
+   * pooled buffer would make the queues' byte budgets, which count what is framed, hold many
+   * times that in memory.
+   */
   take(n: number): Buffer {
-    if (n > this.size) return Buffer.allocUnsafe(n);
+    if (n > this.size || n < this.size / 2) return Buffer.allocUnsafe(n);
     const b = this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
     this.lent.add(b.buffer);
     return b;

@@ -59,7 +59,8 @@ export class IngestContext {
       topic: topic ?? this.settings.topic,
       maxRecordSize: this.settings.maxRecordSize,
       ulids: opts.stampLater ? null : new UlidGenerator({ now: this.now }),
-      pool: this.pool,
+      // Only producers whose WriteQueue gives buffers back (TCP and bulk connections).
+      pool: opts.stampLater ? undefined : this.pool,
     });
   }
 
