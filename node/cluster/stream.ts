@@ -47,6 +47,7 @@ export class ByteBudget {
 /** One stream's share of a ByteBudget: taken as the stream buffers, all given back on release. */
 export class BudgetLease {
   private held = 0;
+  private released = false;
   constructor(private readonly budget: ByteBudget | null) {}
 
   /** Room left for this stream (unlimited without a budget). */
@@ -56,6 +57,9 @@ export class BudgetLease {
 
   /** Takes `n` bytes or throws GossipDecodeError('budget'). */
   take(n: number, what: string): void {
+    // Released: the stream's handler is done. Bytes a peer still sends must not be charged to a
+    // lease nobody gives back; the throw makes the reader close the connection instead.
+    if (this.released) throw new GossipDecodeError('budget', `${what} after the stream was handled`);
     if (!this.budget) return;
     if (!this.budget.tryTake(n))
       throw new GossipDecodeError(
@@ -65,7 +69,9 @@ export class BudgetLease {
     this.held += n;
   }
 
+  /** Gives back what the stream held; final (a later take throws). */
   release(): void {
+    this.released = true;
     this.budget?.give(this.held);
     this.held = 0;
   }

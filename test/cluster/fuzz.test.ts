@@ -30,7 +30,7 @@ import {
 } from '../../node/cluster/wire.ts';
 import { waitFor } from '../helpers/index.ts';
 import { ourWire } from './fixtures/wire-samples.ts';
-import { FAST, metricValue, SimWorld, silent } from './helpers.ts';
+import { FAST, metricValue, pushPullFrame, SimWorld, silent } from './helpers.ts';
 import type { SimTransport } from './sim.ts';
 
 const DECODERS: Record<number, (b: Buffer) => unknown> = {
@@ -309,5 +309,55 @@ describe('hostile TCP streams on a real socket', () => {
       (await metricValue(registry, 'oklog_cluster_dropped_packets_total', { reason: 'too_large' })) >= 2,
     );
     assert.equal(node.size(), 1);
+  });
+});
+
+describe('a peer that goes on sending after its push/pull was answered', () => {
+  let node: Cluster;
+  after(async () => {
+    await node?.stop();
+  });
+
+  it('is cut off, and what it sent is given back to the stream memory budget', async () => {
+    node = await startCluster({
+      bind: 'tcp://127.0.0.1:0',
+      seeds: [],
+      type: 'store',
+      apiPort: 1,
+      logger: silent,
+      registry: new Registry(),
+      gossip: { ...FAST, maxInboundStreamBytes: 4 * 1024 * 1024 },
+    });
+    const port = node.advertise.port;
+    /** A push/pull; resolves with whether it was answered and whether the node closed it. */
+    const pushPull = (trailing: number) =>
+      new Promise<{ answered: boolean; closedByNode: boolean }>((resolve) => {
+        const s = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+        let answered = false;
+        let closedByNode = false;
+        s.on('error', () => {});
+        s.on('data', () => {
+          answered = true;
+        });
+        s.on('end', () => {
+          closedByNode = true;
+        });
+        s.on('close', () => resolve({ answered, closedByNode }));
+        s.once('connect', async () => {
+          s.write(pushPullFrame([], Buffer.from('{}')));
+          await waitFor(() => answered, 'push/pull answered', 3000).catch(() => {});
+          // Past the exchange: 6 MiB more than the node's whole 4 MiB budget, in 256 KiB writes.
+          for (let sent = 0; sent < trailing && !s.destroyed; sent += 256 * 1024)
+            await new Promise<void>((r) => s.write(Buffer.alloc(256 * 1024, 0x41), () => r()));
+          setTimeout(() => s.destroy(), 200);
+        });
+      });
+    for (let round = 0; round < 3; round++) {
+      const hostile = await pushPull(6 * 1024 * 1024);
+      assert.ok(hostile.answered, `round ${round}: the exchange itself is answered`);
+    }
+    // Nothing of theirs is still charged: a well-behaved push/pull is answered, not refused.
+    const fine = await pushPull(0);
+    assert.ok(fine.answered, 'a later push/pull is answered (the budget was given back)');
   });
 });
