@@ -15,6 +15,7 @@
 // within `closeTimeoutMs` is reported as unconfirmed (exit 1), never as success.
 // Order is kept: window, then the failed batch, then the buffer.
 import net from 'node:net';
+import { joinHostPort } from '../../shared/addr.ts';
 import { describeError } from '../../shared/errors.ts';
 import { formatDuration } from '../../shared/time.ts';
 import type { Logger } from '../common.ts';
@@ -228,6 +229,14 @@ export class TcpSender {
   /** Records written on the current connection (what a window-less reset may have lost). */
   private connRecords = 0;
 
+  /**
+   * Records of the connection being given up that the ingester never confirmed: the window's, or
+   * without one (-resend-window 0) every record the connection carried.
+   */
+  private unconfirmedOnConnection(): number {
+    return this.window.enabled ? this.window.records : this.connRecords;
+  }
+
   constructor(private readonly o: TcpSenderOptions) {
     this.window = new ResendWindow({ maxBytes: o.resendWindowBytes, maxAgeMs: o.resendWindowMs });
     this.retrying = new Retrying({
@@ -278,11 +287,11 @@ export class TcpSender {
       }
       this.retrying.success(target.raw);
       this.connRecords = 0;
-      log.info('connected', { target: target.raw, addr: `${ep.host}:${ep.port}` });
+      log.info('connected', { target: target.raw, addr: joinHostPort(ep.host, ep.port) });
       const outcome = await this.pump(conn);
       if (outcome === 'stopped') {
         conn.destroy();
-        this.unconfirmedAtEnd = this.window.records;
+        this.unconfirmedAtEnd = this.unconfirmedOnConnection();
         break;
       }
       if (outcome === 'done') {
@@ -296,7 +305,7 @@ export class TcpSender {
         }
         if (end === 'stopped' || end === 'timeout') {
           conn.destroy();
-          this.unconfirmedAtEnd = this.window.records;
+          this.unconfirmedAtEnd = this.unconfirmedOnConnection();
           if (end === 'stopped') break;
           log.warn('the ingester did not confirm it read everything; records may be undelivered', {
             target: target.raw,

@@ -277,6 +277,27 @@ test('end of input: an ingester that never confirms gives a warning with a count
   assert.match(r.stderr, /level=error msg="records written but not confirmed by the ingester" records=5000/);
 });
 
+test('-resend-window 0: an ingester that never confirms is exit 1 too, at the close timeout and at a signal', async () => {
+  const s = await sink();
+  s.pause();
+  const r = await run('cli/oklog.ts', ['forward', '-resend-window', '0', '-close-timeout', '1s', s.address], {
+    input: numberedLines(5000),
+  });
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stderr, /records written but not confirmed by the ingester" records=5000/);
+  const p = startForward(['-resend-window', '0', s.address]);
+  try {
+    await writeStdin(p, numberedLines(100));
+    p.child.stdin!.end();
+    await waitFor(() => p.stderr().includes('msg=connected'), 'connected');
+    await sleep(300); // written, waiting for the ingester's close
+    assert.equal(await p.kill('SIGTERM'), 1, p.stderr());
+    assert.match(p.stderr(), /records written but not confirmed by the ingester" records=100/);
+  } finally {
+    await p.kill('SIGKILL');
+  }
+});
+
 test('end of input with -resend-window 0: a reset before the ingester confirmed is exit 1, not 0', async () => {
   const s = await sink();
   s.pause();
