@@ -3,7 +3,7 @@
 import { Writable } from 'node:stream';
 import pino, { type Logger } from 'pino';
 import { collectDefaultMetrics, Registry } from 'prom-client';
-import { parseAddr } from '../shared/addr.ts';
+import { joinHostPort, parseAddr } from '../shared/addr.ts';
 import { describeError, InvalidArgumentError } from '../shared/errors.ts';
 import { type FlagSpec, type FlagValues, parseFlags, usage } from '../shared/flags.ts';
 import { listenHost } from '../shared/listen.ts';
@@ -162,7 +162,8 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
     throw err;
   }
   const bound = app.server.address();
-  const apiAddress = typeof bound === 'object' && bound ? `${bound.address}:${bound.port}` : String(bound);
+  const apiAddress =
+    typeof bound === 'object' && bound ? joinHostPort(bound.address, bound.port) : String(bound);
   logger.info({ mode, api: apiAddress }, 'node started');
 
   let stopping: Promise<void> | null = null;

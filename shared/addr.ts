@@ -71,3 +71,13 @@ export function parseAddr(addr: string, defaultPort: number): ParsedAddr {
 export function dialHost(host: string): string {
   return host === '' || host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
 }
+
+/**
+ * A connected peer's address for logs, `host:port`: an IPv4 client of a dual-stack listener shows
+ * as its IPv4 address (not `::ffff:10.0.0.5`), an IPv6 one bracketed.
+ */
+export function peerAddress(socket: { remoteAddress?: string; remotePort?: number }): string {
+  const raw = socket.remoteAddress ?? '?';
+  const host = /^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(raw) ? raw.slice(7) : raw;
+  return host.includes(':') ? `[${host}]:${socket.remotePort ?? '?'}` : `${host}:${socket.remotePort ?? '?'}`;
+}

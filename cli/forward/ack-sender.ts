@@ -66,14 +66,21 @@ function targetAgent(
       (ep) => {
         onResolved(ep);
         const where = { host: ep.host, port: ep.port, family: ep.family || undefined };
-        const socket = secure
-          ? tls.connect({
-              ...options,
-              ...where,
-              // The certificate names the host we were given, or the SRV/PTR name we found.
-              servername: net.isIP(ep.host) ? (options.servername as string | undefined) : ep.host,
-            })
-          : net.connect({ ...options, ...where });
+        let socket: net.Socket;
+        try {
+          socket = secure
+            ? tls.connect({
+                ...options,
+                ...where,
+                // The certificate names the host we were given, or the SRV/PTR name we found.
+                servername: net.isIP(ep.host) ? (options.servername as string | undefined) : ep.host,
+              })
+            : net.connect({ ...options, ...where });
+        } catch (err) {
+          // A synchronous throw (bad options) would otherwise be an unhandled rejection here.
+          cb(err as Error);
+          return;
+        }
         cb(null, socket);
       },
       (err: Error) => cb(err),

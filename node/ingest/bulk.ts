@@ -11,7 +11,9 @@
 // sent before the half-close the rest of the upload is read and discarded, so the client sees the
 // reply instead of a reset. Whatever the reason, a client that got ERR (or nothing) resends: the
 // protocol is at-least-once, and a resent copy carries new ULIDs, so duplicates stay visible.
+
 import type { Socket } from 'node:net';
+import { peerAddress } from '../../shared/addr.ts';
 import type { IngestContext } from './context.ts';
 import type { Framed, LineFramer } from './line-reader.ts';
 import type { Connection, ConnectionSet } from './listeners.ts';
@@ -43,7 +45,7 @@ export class BulkConnection implements Connection {
     private readonly ctx: IngestContext,
     private readonly set: ConnectionSet,
   ) {
-    this.remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this.remote = peerAddress(socket);
     this.framer = ctx.framer();
     this.writer = ctx.writer(false);
     this.queue = new WriteQueue(this.writer, ctx.memory, false, undefined, ctx.pool);

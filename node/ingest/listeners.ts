@@ -6,7 +6,7 @@
 // Durable mode pauses the socket for every batch and resumes only after write + fsync: group
 // commit, so a crash loses at most the batch being read and a clean shutdown loses nothing read.
 import { createServer, type Server, type Socket } from 'node:net';
-import { parseAddr } from '../../shared/addr.ts';
+import { parseAddr, peerAddress } from '../../shared/addr.ts';
 import { InvalidArgumentError } from '../../shared/errors.ts';
 import { listenHost } from '../../shared/listen.ts';
 import type { IngestContext } from './context.ts';
@@ -54,10 +54,6 @@ export class ConnectionSet {
   }
 }
 
-function remoteOf(socket: Socket): string {
-  return `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
-}
-
 /** A fast or durable connection: bytes in, records out, nothing sent back (OK Log's wire). */
 export class StreamConnection implements Connection {
   private readonly framer: LineFramer;
@@ -76,7 +72,7 @@ export class StreamConnection implements Connection {
     private readonly set: ConnectionSet,
   ) {
     this.durable = modality === 'durable';
-    this.remote = remoteOf(socket);
+    this.remote = peerAddress(socket);
     this.framer = ctx.framer();
     this.writer = ctx.writer();
     this.queue = new WriteQueue(

@@ -18,6 +18,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
+import { peerAddress } from '../../shared/addr.ts';
 import { parseDuration } from '../../shared/time.ts';
 import type { Peers } from '../cluster/peers.ts';
 import { compileFilter, type FilterSpec, parseRegexParam } from './filter.ts';
@@ -105,7 +106,7 @@ function drained(res: ServerResponse, signal: AbortSignal): Promise<void> {
 }
 
 function who(req: IncomingMessage): string {
-  return `${req.socket.remoteAddress ?? '?'}:${req.socket.remotePort ?? '?'}`;
+  return peerAddress(req.socket);
 }
 
 export function streamRoutes(opts: StreamRoutesOptions): FastifyPluginAsync {

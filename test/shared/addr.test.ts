@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { parseAddr } from '../../shared/addr.ts';
+import { parseAddr, peerAddress } from '../../shared/addr.ts';
 
 test('every form OK Log accepts', () => {
   assert.deepEqual(parseAddr('localhost', 7650), {
@@ -64,4 +64,12 @@ test('malformed addresses are rejected with a clear error', () => {
   ]) {
     assert.throws(() => parseAddr(bad, 7650), { code: 'OKLOG_ERR_INVALID_ADDRESS' }, bad);
   }
+});
+
+test('peerAddress: an IPv4 client of a dual-stack listener is shown as IPv4, IPv6 bracketed', () => {
+  assert.equal(peerAddress({ remoteAddress: '::ffff:10.0.0.5', remotePort: 4000 }), '10.0.0.5:4000');
+  assert.equal(peerAddress({ remoteAddress: '127.0.0.1', remotePort: 1 }), '127.0.0.1:1');
+  assert.equal(peerAddress({ remoteAddress: '::1', remotePort: 2 }), '[::1]:2');
+  assert.equal(peerAddress({ remoteAddress: 'fd00::ffff:1', remotePort: 3 }), '[fd00::ffff:1]:3');
+  assert.equal(peerAddress({}), '?:?');
 });
