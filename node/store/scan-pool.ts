@@ -81,7 +81,21 @@ interface Slot {
   lastEpoch: number;
   /** How long the running scan has made no step. */
   stalledMs: number;
+  /**
+   * The watchdog keeps looking at the worker until then even with no scans on it: a scan just
+   * cancelled may still be picked up by the worker before it reads the cancel (see abandoned()).
+   */
+  watchUntil: number;
   dead: boolean;
+}
+
+/**
+ * The worker is inside a scan the pool no longer has (cancelled, its consumer gone): the worker
+ * reads the cancel only once the slice ends, which a single expensive record can put off for
+ * seconds.
+ */
+function abandoned(slot: Slot, running: number): boolean {
+  return running !== 0 && !slot.scans.has(running);
 }
 
 let groupIds = 1;
@@ -284,7 +298,10 @@ class PoolScan implements AsyncIterableIterator<Buffer> {
   async return(): Promise<IteratorResult<Buffer>> {
     if (!this.closed) {
       this.closed = true;
-      if (!this.done) this.send({ t: 'cancel', id: this.wid });
+      if (!this.done) {
+        this.send({ t: 'cancel', id: this.wid });
+        if (this.slot !== null) this.pool.cancelled(this.slot);
+      }
       this.queue = [];
       this.finish();
       this.notify();
@@ -343,6 +360,20 @@ export interface ScanPoolOptions {
 
 /** How often the watchdog looks at the workers (while any has scans). */
 const WATCHDOG_MS = 50;
+/**
+ * A worker still inside a cancelled scan's record this long is terminated: the scan's result is
+ * not wanted, so nothing is lost, and left alone the worker would burn a core on it for as long
+ * as the record takes (up to stallMs, or forever once no scan is left for the watchdog to watch)
+ * while new scans placed on it wait. A slice ends within 5 ms of its deadline plus one record,
+ * so an ordinary cancelled scan is long gone by then.
+ */
+const ABANDONED_MS = 2 * WATCHDOG_MS;
+/**
+ * How long after a cancel the watchdog keeps watching a worker with no scans: the worker may
+ * start a slice of the cancelled scan after the cancel was sent and before it reads it (a round
+ * of slices runs without reading messages).
+ */
+const CANCEL_WATCH_MS = 1000;
 
 export class ScanPool {
   private readonly slots: (Slot | null)[];
@@ -354,6 +385,8 @@ export class ScanPool {
   /** Workers terminated for stalling, and scans resumed elsewhere since (tests, logs). */
   stalls = 0;
   resumed = 0;
+  /** Workers terminated because they were stuck in a cancelled scan (tests, logs). */
+  abandonedStops = 0;
 
   /**
    * `size` workers (default: defaultScanWorkers, `-store.query-workers`), started on first use
@@ -383,6 +416,7 @@ export class ScanPool {
       }),
       lastEpoch: 0,
       stalledMs: 0,
+      watchUntil: 0,
       dead: false,
     };
     worker.on('message', (m: FromWorker) => {
@@ -418,9 +452,9 @@ export class ScanPool {
   }
 
   /**
-   * The worker for a new scan of `group`: one not stalled, then the one with the fewest groups
-   * (a simple query lands beside as few other queries as possible), then the fewest scans.
-   * Started on first use.
+   * The worker for a new scan of `group`: one not stalled and not stuck in a cancelled scan
+   * (which the watchdog is about to stop), then the one with the fewest groups (a simple query
+   * lands beside as few other queries as possible), then the fewest scans. Started on first use.
    */
   place(scan: PoolScan): { slot: Slot; wid: number } {
     const group = scan.groupId;
@@ -434,7 +468,8 @@ export class ScanPool {
         const groups = new Set<number>();
         for (const x of s.scans.values()) groups.add(x.groupId);
         groups.delete(group);
-        score = (s.stalledMs >= WATCHDOG_MS * 2 ? 1e6 : 0) + groups.size * 1000 + s.scans.size;
+        const stuck = s.stalledMs >= WATCHDOG_MS * 2 || abandoned(s, Atomics.load(s.ctl, CTL_RUNNING));
+        score = (stuck ? 1e6 : 0) + groups.size * 1000 + s.scans.size;
       }
       if (score < bestScore) {
         bestScore = score;
@@ -455,24 +490,37 @@ export class ScanPool {
     this.watchdog.unref();
   }
 
-  /** The watchdog: a worker whose running scan has not stepped for stallMs is stopped. */
+  /** A scan on `slot` was cancelled: watch the worker a while even if it has no scans left. */
+  cancelled(slot: Slot): void {
+    slot.watchUntil = performance.now() + CANCEL_WATCH_MS;
+    this.watch();
+  }
+
+  /**
+   * The watchdog: a worker whose running scan has not stepped for stallMs is stopped, and one
+   * stuck in a cancelled scan for ABANDONED_MS.
+   */
   private check(): void {
     const now = performance.now();
     const elapsed = now - this.lastWatch;
     this.lastWatch = now;
     let busy = false;
     for (const slot of this.slots) {
-      if (slot === null || slot.scans.size === 0) continue;
-      busy = true;
+      if (slot === null) continue;
       const epoch = Atomics.load(slot.ctl, CTL_EPOCH);
       const running = Atomics.load(slot.ctl, CTL_RUNNING);
+      const orphan = abandoned(slot, running);
+      // A worker with no scans may still be inside a cancelled one: watched until it is out.
+      if (slot.scans.size === 0 && !orphan && now >= slot.watchUntil) continue;
+      busy = true;
       if (running === 0 || epoch !== slot.lastEpoch) {
         slot.lastEpoch = epoch;
         slot.stalledMs = 0;
         continue;
       }
       slot.stalledMs += elapsed;
-      if (slot.stalledMs >= this.stallMs) this.stop(slot, running);
+      if (orphan && slot.stalledMs >= ABANDONED_MS) this.stop(slot, null);
+      else if (slot.stalledMs >= this.stallMs) this.stop(slot, running);
     }
     if (!busy && this.watchdog !== null) {
       clearInterval(this.watchdog);
@@ -480,18 +528,29 @@ export class ScanPool {
     }
   }
 
-  /** Terminates a stalled worker: the scan `culprit` fails, the others resume elsewhere. */
-  private stop(slot: Slot, culprit: number): void {
+  /**
+   * Terminates a worker: the stalled scan `culprit` fails, the others resume elsewhere. Without
+   * a culprit, the worker was stuck in a scan already cancelled: every scan on it resumes.
+   */
+  private stop(slot: Slot, culprit: number | null): void {
     slot.dead = true;
     if (this.slots[slot.index] === slot) this.slots[slot.index] = null;
-    this.stalls++;
     const scans = [...slot.scans.entries()];
     slot.scans.clear();
-    const guilty = scans.find(([wid]) => wid === culprit)?.[1];
-    this.logger.warn(
-      { stallMs: this.stallMs, path: guilty?.file, others: scans.length - 1 },
-      'store: a scan made no progress (one record too slow for its regex): worker restarted, scan stopped',
-    );
+    if (culprit === null) {
+      this.abandonedStops++;
+      this.logger.info(
+        { others: scans.length },
+        'store: a worker was still matching one record of a cancelled scan: worker restarted',
+      );
+    } else {
+      this.stalls++;
+      const guilty = scans.find(([wid]) => wid === culprit)?.[1];
+      this.logger.warn(
+        { stallMs: this.stallMs, path: guilty?.file, others: scans.length - 1 },
+        'store: a scan made no progress (one record too slow for its regex): worker restarted, scan stopped',
+      );
+    }
     void slot.worker.terminate();
     for (const [wid, s] of scans)
       s.lost(wid === culprit ? new ScanStalledError(this.stallMs, s.file) : null, null);
