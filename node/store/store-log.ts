@@ -320,7 +320,9 @@ export class StoreLog {
         if (released) return;
         released = true;
         e.refs--;
-        if (e.refs === 0 && e.doomed) void this.unlink(e).catch(() => {}); // logged by unlink
+        // Under the mutex: a moveAside may be renaming the file right now, and deleting it by
+        // the name it had before would miss it (ENOENT) and leave it on disk until the restart.
+        if (e.refs === 0 && e.doomed) void this.mutex.run(() => this.unlink(e)).catch(() => {}); // logged by unlink
       },
     };
   }

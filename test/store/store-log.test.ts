@@ -337,3 +337,60 @@ test('a removed segment still being read is renamed aside: its name is free, its
     await dir.cleanup();
   }
 });
+
+/**
+ * A filesystem whose renames, once `holding`, happen on disk at once but are reported done only
+ * at `letGo()`: the window in which the file has its new name and the log still the old one.
+ */
+class HeldRenames extends RealFileSystem {
+  holding = false;
+  private gates: (() => void)[] = [];
+  private onDisk: (() => void) | null = null;
+  /** Resolves once the next held rename has happened on disk. */
+  renamed(): Promise<void> {
+    return new Promise((resolve) => {
+      this.onDisk = resolve;
+    });
+  }
+  override async rename(from: string, to: string): Promise<void> {
+    await super.rename(from, to);
+    if (!this.holding) return;
+    this.onDisk?.();
+    await new Promise<void>((resolve) => this.gates.push(resolve));
+  }
+  letGo(): void {
+    this.holding = false;
+    for (const g of this.gates.splice(0)) g();
+  }
+}
+
+const sleep = (ms: number) => new Promise((res) => setTimeout(res, ms));
+
+test('a reader letting go while its removed segment is being renamed aside: the file is still deleted', async () => {
+  const dir = await tempDir();
+  try {
+    const fs = new HeldRenames();
+    const log = await openStoreLog({ fs, root: dir.path, logger: silent });
+    const data = records(T0, 3);
+    const r = await receiveSegment(log, body(data));
+    assert.ok(r.entry);
+    const [ref] = log.select(ulidAt(T0), ulidAt(T0 + 2));
+    fs.holding = true;
+    const onDisk = fs.renamed();
+    const removing = log.remove([ref.entry]); // held: renamed aside (….doomed)
+    await onDisk;
+    ref.release(); // the last reader goes while the log still has the old name
+    await sleep(20);
+    fs.letGo();
+    await removing;
+    await sleep(20);
+    assert.deepEqual(await names(dir.path), [], 'the .doomed file is deleted');
+    // The name is free and nothing of the old segment is left in the log.
+    const again = await receiveSegment(log, body(data));
+    assert.equal(again.entry?.base, r.entry.base);
+    assert.deepEqual(log.stats().segments, { count: 1, bytes: data.length });
+    await log.close();
+  } finally {
+    await dir.cleanup();
+  }
+});
