@@ -236,7 +236,7 @@ export class LocalQuery {
     }
     const onMalformed = (n: number) => this.noteMalformed(ref.entry, n);
     return (async function* () {
-      const reader = await openChunkReader(fs, ref.path, chunk);
+      const reader = await openChunkReader(fs, ref.path, chunk, ref.settled);
       yield* scanSegment(reader, filter, ulidBytes(ref.entry.low), ulidBytes(ref.entry.high), {
         signal,
         ulidsOnly: ulids,
@@ -293,6 +293,7 @@ export class LocalQuery {
   private poolJobs(ref: SegmentRef, chunk: number, buffer: number, pool: ScanPool): PoolScanJob[] {
     const job: PoolScanJob = {
       path: ref.path,
+      settled: ref.settled,
       params: this.params,
       low: ref.entry.low,
       high: ref.entry.high,

@@ -27,6 +27,11 @@ export const CTL_EPOCH = 1;
 export interface PoolScanJob {
   /** The file's current path (asked again if it was renamed before the worker opened it). */
   path: () => string;
+  /**
+   * Resolves once a rename of the file in progress is recorded (SegmentRef.settled): until then
+   * a file renamed on disk is not found under the path() it still has.
+   */
+  settled?: () => Promise<void>;
   params: Pick<QueryParams, 'q' | 'regex' | 'topic' | 'from' | 'to'>;
   low: string;
   high: string;
@@ -222,17 +227,46 @@ class PoolScan implements AsyncIterableIterator<Buffer> {
       this.progress(m);
       this.finish();
     } else if (m.t === 'error') {
-      const retry = m.code === 'ENOENT' && !this.delivered && this.opens < 5 && this.job.path() !== this.path;
+      const renamed = m.code === 'ENOENT' && !this.delivered && this.opens < 5;
       this.forget();
-      if (retry) {
+      if (renamed && this.job.path() !== this.path) {
         // The compacter renamed the file between selection and open: try its new name.
-        this.path = this.job.path();
-        this.open();
+        this.reopen();
+        return;
+      }
+      if (renamed && this.job.settled !== undefined) {
+        // Maybe renamed on disk and not yet in the log: its new name is known once it is.
+        const err = new ScanError(m.message, m.code);
+        this.job.settled().then(
+          () => this.afterRename(err),
+          () => this.afterRename(err),
+        );
         return;
       }
       this.error = new ScanError(m.message, m.code);
       this.finish();
     }
+    this.notify();
+  }
+
+  /** Opens the file again under its current name (it was renamed before the worker opened it). */
+  private reopen(): void {
+    this.path = this.job.path();
+    this.open();
+  }
+
+  /** A rename the file was not found during is over: its new name, or `err` if it kept its name. */
+  private afterRename(err: ScanError): void {
+    if (this.done || this.closed) return;
+    if (this.job.path() !== this.path) {
+      try {
+        this.reopen();
+        return;
+      } catch (e) {
+        this.error = e as Error; // the pool was closed meanwhile
+      }
+    } else this.error = err;
+    this.finish();
     this.notify();
   }
 

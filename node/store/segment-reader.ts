@@ -97,11 +97,14 @@ class StreamChunkReader implements ChunkReader {
  * Opens a segment for reading. `path` is asked again when the file is not found, because the
  * compacter may have renamed it (`.flushed` → `.reading` → …) between selection and open; the
  * store log keeps the current name and defers deletion while a query holds the segment.
+ * `settled` (SegmentRef.settled) resolves once a rename in progress is in the log: a file renamed
+ * on disk whose new name the log has not recorded yet is not found under the unchanged path.
  */
 export async function openChunkReader(
   fs: FileSystem,
   path: () => string,
   chunkSize: number,
+  settled?: () => Promise<void>,
 ): Promise<ChunkReader> {
   const size = Math.max(MIN_CHUNK, chunkSize);
   if (fs.kind !== 'real') return new StreamChunkReader(fs, path(), size);
@@ -110,7 +113,9 @@ export async function openChunkReader(
     try {
       return new FileChunkReader(await open(p, 'r'), size);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 4 || path() === p) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 4) throw err;
+      if (path() === p) await settled?.();
+      if (path() === p) throw err;
     }
   }
 }

@@ -54,6 +54,12 @@ export interface SegmentRef {
   readonly entry: SegmentEntry;
   /** The file's current path (it changes when the compacter renames it). */
   path(): string;
+  /**
+   * Resolves once a rename of the file in progress is over and path() tells its outcome (at
+   * once when none is). A reader that gets ENOENT while path() has not changed opened the old
+   * name after the rename and before the log learned of it: it waits for this and asks again.
+   */
+  settled(): Promise<void>;
   release(): void;
 }
 
@@ -137,6 +143,8 @@ export class StoreLog {
   private readonly files = new Map<string, SegmentEntry>();
   /** Repairs running, by entry id (concurrent callers share one). */
   private readonly repairs = new Map<number, Promise<RepairResult | null>>();
+  /** Renames of indexed files in progress, by entry id, until the index has their outcome. */
+  private readonly renaming = new Map<number, Promise<void>>();
   private readonly mutex = new Mutex();
   private nextId = 1;
   private lock: Lock | null = null;
@@ -316,6 +324,7 @@ export class StoreLog {
     return {
       entry: e,
       path: () => this.pathOf(e),
+      settled: () => this.settled(e),
       release: () => {
         if (released) return;
         released = true;
@@ -325,6 +334,30 @@ export class StoreLog {
         if (e.refs === 0 && e.doomed) void this.mutex.run(() => this.unlink(e)).catch(() => {}); // logged by unlink
       },
     };
+  }
+
+  /** Resolves once no rename of `e`'s file is in progress (see SegmentRef.settled). */
+  settled(e: SegmentEntry): Promise<void> {
+    return this.renaming.get(e.id) ?? Promise.resolve();
+  }
+
+  /**
+   * Runs `fn`, a rename of `e`'s file and the index update after it, with settled(e) pending
+   * until both are done: in between the file has its new name on disk and the old one in the
+   * index. Renames of one entry never overlap (the mutex).
+   */
+  private async renamingFile<T>(e: SegmentEntry, fn: () => Promise<T>): Promise<T> {
+    let done = () => {};
+    const p = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    this.renaming.set(e.id, p);
+    try {
+      return await fn();
+    } finally {
+      if (this.renaming.get(e.id) === p) this.renaming.delete(e.id);
+      done();
+    }
   }
 
   /**
@@ -347,11 +380,13 @@ export class StoreLog {
     // Two entries share a base only while a compaction output replaces its input: the input's
     // file is about to go, and until then neither may take the other's name.
     if (other !== undefined && other !== e) throw new SegmentNameInUseError(to);
-    await this.fs.rename(this.pathOf(e), join(this.root, to));
-    if (this.files.get(e.file) === e) this.files.delete(e.file);
-    e.file = to;
-    this.files.set(to, e);
-    e.state = state;
+    await this.renamingFile(e, async () => {
+      await this.fs.rename(this.pathOf(e), join(this.root, to));
+      if (this.files.get(e.file) === e) this.files.delete(e.file);
+      e.file = to;
+      this.files.set(to, e);
+      e.state = state;
+    });
   }
 
   /** `.flushed` → `.reading` (claimed by the compacter; still queryable). */
@@ -416,20 +451,22 @@ export class StoreLog {
   private async moveAside(e: SegmentEntry): Promise<void> {
     if (e.refs === 0 || !StoreLog.named(e) || this.entries.get(e.id) !== e) return;
     const to = `${e.file}.${randomUUID().slice(0, 8)}${DOOMED_EXT}`;
-    try {
-      await this.fs.rename(this.pathOf(e), join(this.root, to));
-    } catch (err) {
-      // It keeps its name (and the name stays taken): only a later reuse of that name is put off.
-      this.logger.warn(
-        { err: describeError(err), segment: e.base },
-        'store: renaming removed segment failed',
-      );
-      return;
-    }
-    if (this.files.get(e.file) === e) this.files.delete(e.file);
-    this.unbase(e);
-    e.file = to;
-    this.files.set(to, e);
+    await this.renamingFile(e, async () => {
+      try {
+        await this.fs.rename(this.pathOf(e), join(this.root, to));
+      } catch (err) {
+        // It keeps its name (and the name stays taken): only a later reuse of that name is put off.
+        this.logger.warn(
+          { err: describeError(err), segment: e.base },
+          'store: renaming removed segment failed',
+        );
+        return;
+      }
+      if (this.files.get(e.file) === e) this.files.delete(e.file);
+      this.unbase(e);
+      e.file = to;
+      this.files.set(to, e);
+    });
   }
 
   private async unlink(e: SegmentEntry): Promise<void> {

@@ -5,8 +5,12 @@ import { test } from 'node:test';
 import { Registry } from 'prom-client';
 import { RealFileSystem, VirtualFileSystem } from '../../node/fs/index.ts';
 import { createStoreMetrics } from '../../node/store/metrics.ts';
+import { LocalQuery } from '../../node/store/query.ts';
+import { compileScanFilter, type QueryParams } from '../../node/store/query-params.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { receiveSegment } from '../../node/store/replicate.ts';
+import { ScanPool } from '../../node/store/scan-pool.ts';
+import { openChunkReader } from '../../node/store/segment-reader.ts';
 import { tempDir } from '../helpers/index.ts';
 import { line, query, records, silent, startTestNode, T0, ulidAt } from './helpers.ts';
 
@@ -391,6 +395,63 @@ test('a reader letting go while its removed segment is being renamed aside: the 
     assert.deepEqual(log.stats().segments, { count: 1, bytes: data.length });
     await log.close();
   } finally {
+    await dir.cleanup();
+  }
+});
+
+test('a query opening a segment while a compaction renames it waits for the rename instead of failing', async () => {
+  const dir = await tempDir();
+  const pool = new ScanPool(silent, 1);
+  try {
+    await pool.prewarm();
+    const fs = new HeldRenames();
+    const log = await openStoreLog({ fs, root: dir.path, logger: silent });
+    const data = records(T0, 50);
+    const r = await receiveSegment(log, body(data));
+    assert.ok(r.entry);
+    const params: QueryParams = {
+      from: ulidAt(T0),
+      to: ulidAt(T0 + 49),
+      fromText: '',
+      toText: '',
+      q: 'rec',
+      regex: false,
+      topic: undefined,
+      limit: null,
+    };
+    const query = (withPool: boolean) => {
+      const opts = { concurrency: 4, bufferSize: 64 << 10, pool: withPool ? pool : undefined };
+      return new LocalQuery(log, compileScanFilter(params), params, opts);
+    };
+    // Held before the query selects the file: it is selected as .flushed, and renamed on disk
+    // to .reading before it is opened.
+    const queries = [query(true), query(false)];
+    const [ref] = log.select(params.from, params.to);
+    fs.holding = true;
+    const onDisk = fs.renamed();
+    const claiming = log.claim([r.entry]);
+    await onDisk;
+    assert.match(ref.path(), /\.flushed$/, 'the log has the old name');
+    let finished = 0;
+    const results = queries.map(async (q) => {
+      const out: Buffer[] = [];
+      for await (const c of q.records()) out.push(c);
+      finished++;
+      return Buffer.concat(out).toString();
+    });
+    // Without waiting for the rename, the worker scan and the scan here fail with ENOENT.
+    const reader = openChunkReader(fs, ref.path, 64 << 10, ref.settled);
+    await sleep(100);
+    assert.equal(finished, 0, 'the queries wait for the rename');
+    fs.letGo();
+    await claiming;
+    assert.deepEqual(await Promise.all(results), [data, data]);
+    const chunk = await (await reader).next();
+    assert.equal(chunk?.toString(), data);
+    ref.release();
+    await log.close();
+  } finally {
+    await pool.close();
     await dir.cleanup();
   }
 });
