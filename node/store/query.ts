@@ -305,8 +305,13 @@ export class LocalQuery {
     const parts = Math.min(pool.size, Math.floor(ref.entry.size / (this.opts.splitBytes ?? SPLIT_BYTES)));
     if (parts < 2) return [job];
     const step = Math.ceil(ref.entry.size / parts);
+    // The file's lease is for one scan of `buffer` (scanMemory): its parts share it, each with a
+    // part of the credit and chunks no larger, or a file split in four held four times its lease.
+    const budget = Math.max(1, Math.floor(buffer / parts));
     return Array.from({ length: parts }, (_, k) => ({
       ...job,
+      chunk: Math.min(job.chunk, budget),
+      budget,
       start: k * step,
       end: k === parts - 1 ? undefined : (k + 1) * step,
     }));
