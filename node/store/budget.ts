@@ -122,16 +122,22 @@ export class MemoryBudget {
 
   /**
    * A floor-size lease of `bytes`, waiting in line for it; resolves null if `signal` aborts
-   * first. Rejects with QueryBusyError when the line is full.
+   * first. Rejects with QueryBusyError when the line is full, unless `admitted`: the query
+   * passed admit() before its response started, and refusing it now would cut its answer short
+   * instead of answering 503 (a fan-out's local answer takes its first lease only once every
+   * node has sent its headers, and the line may have filled meanwhile). The line can so grow
+   * past maxWaiting, by queries that found room in it when they arrived; each holds nothing.
    */
-  take(bytes: number, signal?: AbortSignal): Promise<Lease | null> {
+  take(bytes: number, signal?: AbortSignal, admitted = false): Promise<Lease | null> {
     const now = this.tryTake(bytes, true);
     if (now !== null) return Promise.resolve(now);
     if (signal?.aborted) return Promise.resolve(null);
-    try {
-      this.admit();
-    } catch (err) {
-      return Promise.reject(err);
+    if (!admitted) {
+      try {
+        this.admit();
+      } catch (err) {
+        return Promise.reject(err);
+      }
     }
     return new Promise((resolve) => {
       const w: Waiter = { bytes: Math.min(bytes, this.capacity), resolve, signal };

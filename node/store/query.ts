@@ -123,6 +123,8 @@ export class LocalQuery {
   private pending = 0;
   /** The query has had its first read-ahead: its later batches do not queue again. */
   private admitted = false;
+  /** admit() let the query in: its first batch may wait however long the line has grown since. */
+  private passed = false;
 
   constructor(
     private readonly log: StoreLog,
@@ -142,6 +144,7 @@ export class LocalQuery {
    */
   admit(): void {
     if (this.refs.length > 0) this.opts.budget?.admit();
+    this.passed = true;
   }
 
   /** Lets go of the selected segments and any read-ahead still leased (idempotent). */
@@ -196,7 +199,7 @@ export class LocalQuery {
     const floor = budget.tryTake(cost(MIN_READ_CHUNK), true);
     if (floor !== null) return this.hold(floor, MIN_READ_CHUNK);
     if (mode === 'next') return this.hold(budget.force(cost(MIN_READ_CHUNK)), MIN_READ_CHUNK);
-    const later = await budget.take(cost(MIN_READ_CHUNK), this.opts.signal);
+    const later = await budget.take(cost(MIN_READ_CHUNK), this.opts.signal, this.passed);
     return later === null ? null : this.hold(later, MIN_READ_CHUNK);
   }
 

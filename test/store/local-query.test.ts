@@ -1,5 +1,6 @@
 // A node's own query (LocalQuery) against the node-wide read-ahead budget: what a file split
-// across the scan workers may buffer.
+// across the scan workers may buffer, and a query admitted before its answer started that meets
+// a full waiting line when it takes its first lease.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { RealFileSystem } from '../../node/fs/index.ts';
@@ -99,4 +100,30 @@ test('a file split across the workers shares its lease: its parts hold no more t
   );
   assert.ok(chunks <= bufferSize, `the parts read ${chunks}-byte chunks between them`);
   assert.equal(budget.inUse, 0, 'the lease is given back');
+});
+
+test('a query admitted before its answer started waits its turn when the line has filled since', async () => {
+  const budget = new MemoryBudget(1 << 20, 1);
+  const q = localQuery({ pool, budget });
+  q.admit(); // the line is empty: admitted
+  // Then, before it takes its first read-ahead (a fan-out's local answer does so only once every
+  // node has sent its headers), the budget is used up and the line fills.
+  const held = budget.force(budget.capacity + budget.reserve);
+  const other = budget.take(64 << 10);
+  assert.equal(budget.waiting, 1);
+  const answer = text(q);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(budget.waiting, 2, 'the admitted query waits in line, it is not refused');
+  held.release();
+  (await other)?.release();
+  assert.equal(await answer, data);
+  assert.equal(budget.inUse, 0);
+  // A query arriving at a full line is still refused at admit(), before its response starts.
+  const held2 = budget.force(budget.capacity + budget.reserve);
+  const other2 = budget.take(64 << 10);
+  const late = localQuery({ pool, budget });
+  assert.throws(() => late.admit(), { code: 'OKLOG_ERR_QUERY_BUSY' });
+  late.close();
+  held2.release();
+  (await other2)?.release();
 });
