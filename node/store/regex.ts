@@ -7,10 +7,17 @@
 //   line, the same pattern without captures under 1 ms. Every group becomes `(?:…)`.
 // - The linear engine has no `i` flag, and Go writes flags inline: `(?i)error`. Case-insensitive
 //   parts are rewritten as classes of every case variant (`[eE][rR]…`), which the engine runs as
-//   cheaply as literals. `(?s)` and `(?m)` change nothing here: a record's text never contains a
-//   newline, so `.`, `^` and `$` mean the same with or without them.
+//   cheaply as literals. `(?m)` changes nothing here: a record's text never contains a newline,
+//   so `^` and `$` mean the same with or without it. `(?s)` lets `.` match a newline too.
+// - JavaScript's `.` never matches `\r`, U+2028 or U+2029; Go's matches everything but `\n`, and
+//   records keep the `\r` of a CRLF line. `.` is emitted as `[^\n]` (`[^]` under `(?s)`).
+// - Character classes are computed as sets of ranges (Go's ASCII `\s`, `\S`, `\w`, POSIX classes,
+//   case folding, negation) and emitted as such: V8's linear engine matches every character with
+//   a negated class that holds U+FFFF (`[^\u0080-\uffff]`), so a negated class is only emitted
+//   when what it excludes lacks U+FFFF, otherwise as its positive complement.
 // - Some Go constructs mean something else in JavaScript (`\z`, `\Q…\E`, `[]a]`, `[[:alpha:]]`,
-//   `\s`, `\x{…}`) or are silently taken literally (`\pL`): they are translated or refused.
+//   `\s`, `\x{…}`, octal `\123`, stacked repetitions `a{2}*`) or are silently taken literally
+//   (`\pL`): they are translated or refused.
 // - The engine refuses counted repetitions beyond a small size (`[0-9a-f]{32}`); they are
 //   expanded into copies, which it accepts.
 //
@@ -45,38 +52,139 @@ export interface TranslatedRegex {
 
 // ---- case folding (Go's (?i) uses Unicode simple folding; here over single UTF-16 units) ----
 
-let orbits: Map<number, number[]> | null = null;
+interface FoldTable {
+  /** Each cased code unit's orbit: the code units equal to it under simple folding, itself included. */
+  orbits: Map<number, readonly number[]>;
+  /** The cased code units, ascending (a few thousand of the 64 Ki). */
+  cased: Uint16Array;
+}
+
+let foldTable: FoldTable | null = null;
+
+/** Built once per thread, on the first case-insensitive pattern: a few milliseconds. */
+function folding(): FoldTable {
+  if (foldTable !== null) return foldTable;
+  // Upper- and lower-case mappings group the code units (k, K and the Kelvin sign all lower to k).
+  const byKey = new Map<number, number[]>();
+  for (let u = 0; u < 0x10000; u++) {
+    if (u >= 0xd800 && u <= 0xdfff) continue;
+    const s = String.fromCharCode(u);
+    const up = s.toUpperCase();
+    const key = (up.length === 1 ? up : s).toLowerCase();
+    if (key.length !== 1 || (key === s && up === s)) continue; // no case
+    const k = key.charCodeAt(0);
+    const list = byKey.get(k) ?? [k];
+    byKey.set(k, list);
+    if (!list.includes(u)) list.push(u);
+  }
+  const orbits = new Map<number, readonly number[]>();
+  for (const [k, list] of byKey) {
+    // Case mappings are not folding: dotless ı upper-cases to I, yet Go does not fold it with i.
+    // A member other than the key and its upper case is kept only if the `iu` flags, which
+    // compare by the simple folding Go uses (CaseFolding.txt C + S), say it equals the key.
+    const up = String.fromCharCode(k).toUpperCase();
+    let same: RegExp | null = null;
+    const orbit = list.filter((u) => {
+      if (u === k || (up.length === 1 && u === up.charCodeAt(0))) return true;
+      same ??= new RegExp(`^\\u{${k.toString(16)}}$`, 'iu');
+      return same.test(String.fromCharCode(u));
+    });
+    if (orbit.length > 1) for (const u of orbit) orbits.set(u, orbit);
+  }
+  const cased = Uint16Array.from([...orbits.keys()].sort((a, b) => a - b));
+  foldTable = { orbits, cased };
+  return foldTable;
+}
 
 /** Code units equal to `c` under simple case folding (including `c`), e.g. k, K and U+212A. */
-function caseOrbit(c: number): number[] {
-  if (orbits === null) {
-    // Built once, on the first case-insensitive pattern: 64 Ki code units, a few milliseconds.
-    const byKey = new Map<number, number[]>();
-    for (let u = 0; u < 0x10000; u++) {
-      if (u >= 0xd800 && u <= 0xdfff) continue;
-      const s = String.fromCharCode(u);
-      const up = s.toUpperCase();
-      const key = (up.length === 1 ? up : s).toLowerCase();
-      if (key.length !== 1 || (key === s && up === s)) continue; // no case
-      const k = key.charCodeAt(0);
-      const list = byKey.get(k) ?? [k];
-      byKey.set(k, list);
-      if (!list.includes(u)) list.push(u);
-    }
-    orbits = new Map();
-    for (const list of byKey.values()) if (list.length > 1) for (const u of list) orbits.set(u, list);
+function caseOrbit(c: number): readonly number[] {
+  return folding().orbits.get(c) ?? [c];
+}
+
+// ---- character classes as sets of code-unit ranges ----
+
+/** Inclusive [lo, hi] code-unit ranges. Normalized: ascending, disjoint, not adjacent. */
+type Ranges = [number, number][];
+
+function normalize(list: Ranges): Ranges {
+  const sorted = [...list].sort((a, b) => a[0] - b[0]);
+  const out: Ranges = [];
+  for (const [lo, hi] of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && lo <= last[1] + 1) last[1] = Math.max(last[1], hi);
+    else out.push([lo, hi]);
   }
-  return orbits.get(c) ?? [c];
+  return out;
+}
+
+/** Every code unit not in `r` (normalized). */
+function complement(r: Ranges): Ranges {
+  const out: Ranges = [];
+  let next = 0;
+  for (const [lo, hi] of r) {
+    if (lo > next) out.push([next, lo - 1]);
+    next = hi + 1;
+  }
+  if (next <= 0xffff) out.push([next, 0xffff]);
+  return out;
+}
+
+/**
+ * `r` (normalized) with every case variant of its members. Walks the cased code units inside
+ * each range, not every code unit of it: `[\u0001-\uffff]` repeated 300 times took 0.6 s that way.
+ */
+function folded(r: Ranges): Ranges {
+  const { orbits, cased } = folding();
+  const extra: Ranges = [];
+  for (const [lo, hi] of r) {
+    let k = lowerBound(cased, lo);
+    for (; k < cased.length && cased[k] <= hi; k++)
+      for (const v of orbits.get(cased[k]) as readonly number[]) if (v < lo || v > hi) extra.push([v, v]);
+  }
+  return extra.length === 0 ? r : normalize([...r, ...extra]);
+}
+
+/** Index of the first element of `a` that is at least `x`. */
+function lowerBound(a: Uint16Array, x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }
 
 const SPECIAL = new Set('\\^$.|?*+()[]{}/-');
+const SHORT: Record<number, string> = { 9: '\\t', 10: '\\n', 11: '\\v', 12: '\\f', 13: '\\r' };
 
 /** A code unit as pattern text that matches exactly it, outside or inside a class. */
 function lit(c: number): string {
   const ch = String.fromCharCode(c);
   if (SPECIAL.has(ch)) return `\\${ch}`;
+  if (c in SHORT) return SHORT[c];
   if (c < 0x20 || c > 0x7e) return `\\u${c.toString(16).padStart(4, '0')}`;
   return ch;
+}
+
+function rangesText(r: Ranges): string {
+  let s = '';
+  for (const [lo, hi] of r)
+    s += lo === hi ? lit(lo) : hi === lo + 1 ? lit(lo) + lit(hi) : `${lit(lo)}-${lit(hi)}`;
+  return s;
+}
+
+/**
+ * A class matching exactly `r` (normalized): its ranges, or `[^…]` of its complement when that is
+ * shorter (`.` is `[^\n]`). A negated class is emitted only when what it excludes lacks U+FFFF:
+ * V8's linear engine matches every character with one that holds it (`[^a\uffff]` matches `a`).
+ */
+function classOf(r: Ranges): string {
+  const positive = `[${rangesText(r)}]`;
+  if (r.length === 0 || r[r.length - 1][1] !== 0xffff) return positive;
+  const negated = `[^${rangesText(complement(r))}]`;
+  return negated.length < positive.length ? negated : positive;
 }
 
 // ---- POSIX classes inside brackets (ASCII, as in Go) ----
@@ -128,12 +236,35 @@ const POSIX: Record<string, [number, number][]> = {
   ],
 };
 
-/** Go's \s is ASCII whitespace only (JavaScript's includes Unicode spaces and \v). */
-const GO_SPACE = '\\t\\n\\f\\r ';
+/**
+ * Go's Perl classes, all ASCII. Go's \s is `[\t\n\f\r ]`: JavaScript's includes \v and Unicode
+ * spaces, and its \S (which excludes them) would pass through a class unchanged.
+ */
+const PERL: Record<string, Ranges> = {
+  d: POSIX.digit,
+  s: [
+    [0x09, 0x0a],
+    [0x0c, 0x0d],
+    [0x20, 0x20],
+  ],
+  w: POSIX.word,
+};
+
+/** `\d`, `\D`, `\s`, … as ranges; as in Go, a negated one is the complement of the folded class. */
+function perlClass(e: string, fold: boolean): Ranges {
+  const r = fold ? folded(PERL[e.toLowerCase()]) : PERL[e.toLowerCase()];
+  return e === e.toUpperCase() ? complement(r) : r;
+}
+
+/** Every code unit but `\n` (Go's `.`), and every code unit (`.` under `(?s)`). */
+const NOT_NEWLINE: Ranges = complement([[0x0a, 0x0a]]);
+const ANY: Ranges = [[0, 0xffff]];
 
 interface Flags {
   /** Case-insensitive. */
   i: boolean;
+  /** `.` matches `\n` too. */
+  s: boolean;
   /** Ungreedy: `*` is lazy and `*?` greedy. */
   U: boolean;
 }
@@ -163,12 +294,15 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
   let i = 0;
   let out = '';
   let repeats = 0;
-  let flags: Flags = { i: false, U: false };
+  let flags: Flags = { i: false, s: false, U: false };
   const stack: Frame[] = [];
   // The last atom emitted (what a quantifier applies to): its start in `out` and the repeats
   // inside it; -1 when there is none (start, after `(`, `|`, an anchor or a quantifier).
   let atomStart = -1;
   let atomRepeats = 0;
+  // The quantifier just read (`*`, `{2}`, `+?`), '' when the last token was something else: Go
+  // refuses a quantifier on a quantifier (`a**`, `a{2}{3}`), which would mean something here.
+  let lastRepeat = '';
 
   const emitAtom = (text: string, innerRepeats = 0) => {
     atomStart = out.length;
@@ -191,9 +325,10 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
       if (ch === ')' || ch === ':') break;
       if (ch === '-' && !neg) neg = true;
       else if (ch === 'i') f.i = !neg;
+      else if (ch === 's') f.s = !neg;
       else if (ch === 'U') f.U = !neg;
-      else if (ch === 's' || ch === 'm') {
-        // No newline in a record's text: `.`, `^` and `$` behave the same either way.
+      else if (ch === 'm') {
+        // `^` and `$` at line boundaries: a record's text has no newline, so nothing changes.
       } else return null;
     }
     if (k >= n || k === j) return null;
@@ -205,8 +340,9 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
     const ch = pattern[j];
     const simple: Record<string, number> = { a: 7, f: 12, t: 9, n: 10, r: 13, v: 11 };
     if (ch in simple) return { c: simple[ch], end: j + 1 };
-    if (ch === '0') {
-      // Go: octal, up to three digits.
+    if (ch === '0' || (ch >= '1' && ch <= '7' && /[0-7]/.test(pattern[j + 1] ?? ''))) {
+      // Go: \0 and \1…\7 followed by an octal digit are octal, up to three digits (\123 is S);
+      // a lone \1…\9 is a backreference in Perl, refused (as Go refuses it).
       const m = /^[0-7]{1,3}/.exec(pattern.slice(j, j + 3)) as RegExpExecArray;
       return { c: Number.parseInt(m[0], 8), end: j + m[0].length };
     }
@@ -232,8 +368,10 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
     if (ch === undefined) return refuse('trailing backslash at end of pattern');
     if (ch === 'p' || ch === 'P') return refuse(`Unicode classes \\${ch}{…} are not supported`);
     if (ch === 'C') return refuse('\\C (any byte) is not supported');
-    if (/[1-9]/.test(ch))
-      return refuse(`backreferences (\\${ch}) are not supported (regexes must run in linear time)`);
+    if (/[1-9]/.test(ch)) {
+      const octal = ch < '8' ? `; an octal escape has two digits or more: \\0${ch}` : '';
+      return refuse(`backreferences (\\${ch}) are not supported (regexes must run in linear time)${octal}`);
+    }
     if (ch === 'k')
       return refuse('backreferences (\\k<name>) are not supported (regexes must run in linear time)');
     return refuse(`invalid escape \\${ch}`);
@@ -247,8 +385,10 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
       negate = true;
       j++;
     }
-    let body = '';
-    const ranges: [number, number][] = [];
+    // Items to fold under (?i) (ranges, POSIX and positive Perl classes), folded together at the
+    // end; negated Perl classes (\D, \W, \S) come folded and complemented, as in Go.
+    const items: Ranges = [];
+    const fixed: Ranges = [];
     let first = true;
     // A class item that can end a range: a single code unit.
     const single = (k: number): { c: number; end: number } | null => {
@@ -274,22 +414,19 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
         if (name.startsWith('^')) refuse(`negated POSIX classes ([:${name}:]) are not supported`);
         const set = POSIX[name];
         if (set === undefined) refuse(`invalid character class [:${name}:]`);
-        for (const [lo, hi] of set) {
-          ranges.push([lo, hi]);
-          body += lo === hi ? lit(lo) : `${lit(lo)}-${lit(hi)}`;
-        }
+        items.push(...set);
         j = close + 2;
         continue;
       }
       if (ch === '\\') {
         const e = pattern[j + 1];
-        if (e === 'd' || e === 'D' || e === 'w' || e === 'W' || e === 'S') {
-          body += `\\${e}`;
+        if (e === 'd' || e === 's' || e === 'w') {
+          items.push(...PERL[e]);
           j += 2;
           continue;
         }
-        if (e === 's') {
-          body += GO_SPACE;
+        if (e === 'D' || e === 'S' || e === 'W') {
+          fixed.push(...perlClass(e, flags.i));
           j += 2;
           continue;
         }
@@ -308,26 +445,17 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
         hi = hc.c;
         j = hc.end;
       }
-      ranges.push([loc.c, hi]);
-      body += loc.c === hi ? lit(loc.c) : `${lit(loc.c)}-${lit(hi)}`;
+      items.push([loc.c, hi]);
     }
-    if (flags.i) {
-      // Add every case variant the class does not hold yet (for [^…], of what it excludes).
-      const has = (c: number) => ranges.some(([lo, hi]) => c >= lo && c <= hi);
-      const extra = new Set<number>();
-      for (const [lo, hi] of ranges)
-        for (let c = lo; c <= hi; c++) for (const v of caseOrbit(c)) if (!has(v)) extra.add(v);
-      const sorted = [...extra].sort((a, b) => a - b);
-      for (let k = 0; k < sorted.length; ) {
-        let e = k;
-        while (e + 1 < sorted.length && sorted[e + 1] === sorted[e] + 1) e++;
-        body += e === k ? lit(sorted[k]) : `${lit(sorted[k])}-${lit(sorted[e])}`;
-        k = e + 1;
-      }
-    }
-    emitAtom(`[${negate ? '^' : ''}${body}]`);
+    let set = normalize([...(flags.i ? folded(normalize(items)) : items), ...fixed]);
+    if (negate) set = complement(set);
+    emitAtom(classOf(set));
     return j;
   };
+
+  /** `a{2}*` would mean `(?:aa)*` here, `a**` a syntax error: Go refuses both. */
+  const nested = (prev: string, raw: string): never =>
+    refuse(`invalid nested repetition operator ${prev}${raw} (repeat a group instead: (?:x${prev})${raw})`);
 
   /**
    * Applies a quantifier to the last atom: `*`, `+`, `?`, or `{` with its counts (max -1: none)
@@ -371,16 +499,10 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
     atomRepeats = 0;
   };
 
-  // Leading flags, as Go users write them: (?i), (?s), (?is)…
-  while (pattern.startsWith('(?', i)) {
-    const pf = parseFlags(i + 2);
-    if (pf === null || pf.scoped) break;
-    flags = pf.f;
-    i = pf.end + 1;
-  }
-
   while (i < n) {
     const ch = pattern[i];
+    const prevRepeat = lastRepeat;
+    lastRepeat = '';
     if (ch === '\\') {
       const e = pattern[i + 1];
       if (e === 'Q') {
@@ -394,13 +516,11 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
         i += 2; // a stray \E is ignored, as in Go
         continue;
       }
-      if (e === 'd' || e === 'D' || e === 'w' || e === 'W') {
-        emitAtom(`\\${e}`);
-        i += 2;
-        continue;
-      }
-      if (e === 's' || e === 'S') {
-        emitAtom(e === 's' ? `[${GO_SPACE}]` : `[^${GO_SPACE}]`);
+      if (e === 'd' || e === 'D' || e === 'w' || e === 'W' || e === 's' || e === 'S') {
+        // JavaScript's \d, \D, \w and \W are Go's (ASCII) unless case folding adds to them
+        // (under (?i) \w holds the Kelvin sign and ſ); its \s and \S are not.
+        const native = e !== 's' && e !== 'S' && (!flags.i || e === 'd' || e === 'D');
+        emitAtom(native ? `\\${e}` : classOf(perlClass(e, flags.i)));
         i += 2;
         continue;
       }
@@ -485,8 +605,11 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
     }
     if (ch === '*' || ch === '+' || ch === '?') {
       const lazy = pattern[i + 1] === '?';
+      const raw = lazy ? `${ch}?` : ch;
+      if (prevRepeat !== '') nested(prevRepeat, raw);
+      lastRepeat = atomStart < 0 ? '' : raw; // nothing to repeat: the engine says so
       quantify(ch, 0, 0, lazy);
-      i += lazy ? 2 : 1;
+      i += raw.length;
       continue;
     }
     if (ch === '{') {
@@ -496,8 +619,11 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
         const max = m[2] === undefined ? min : m[3] === '' ? -1 : Number(m[3]);
         if (max >= 0 && max < min) refuse(`invalid repeat count ${m[0]}`);
         const lazy = pattern[i + m[0].length] === '?';
+        const raw = lazy ? `${m[0]}?` : m[0];
+        if (prevRepeat !== '') nested(prevRepeat, raw);
+        lastRepeat = atomStart < 0 ? '' : raw;
         quantify('{', min, max, lazy, m[0]);
-        i += m[0].length + (lazy ? 1 : 0);
+        i += raw.length;
         continue;
       }
       literal(0x7b); // Go takes a `{` that starts no repetition literally
@@ -517,7 +643,8 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
       continue;
     }
     if (ch === '.') {
-      emitAtom('.');
+      // Go's `.` is anything but \n; JavaScript's also misses \r, U+2028 and U+2029.
+      emitAtom(classOf(flags.s ? ANY : NOT_NEWLINE));
       i++;
       continue;
     }

@@ -1,7 +1,7 @@
 // End to end with a real `oklog ingeststore` process (issue 3, Tests): records written with
 // POST /ingest/write go through the ingest log, the segment consumer and replication, and the
 // query filters answer from what was stored: regex (`$` at end of line, `regex=false`, Go's
-// inline flags), topic, from/to bounds including the whole last millisecond of `to`, the stats
+// inline flags, Go's `.` over the `\r` a CRLF line keeps), topic, from/to bounds including the whole last millisecond of `to`, the stats
 // headers with X-Oklog-Records-Matched (HEAD and trailer), and limit.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
@@ -73,7 +73,11 @@ test('ingeststore: regex, topic, time bounds, stats and limit on stored records'
     }
     await new Promise((r) => setTimeout(r, 5)); // the next batch in a later millisecond
   }
-  const total = web.length + db.length;
+  // A CRLF line: ingest keeps its `\r`, the last character of the record's text.
+  const crlf = 'POST /upload code=500 failed\r';
+  const w = await fetch(`${api}/ingest/write?topic=crlf`, { method: 'POST', body: `${crlf}\n` });
+  assert.equal(w.status, 200, await w.text());
+  const total = web.length + db.length + 1;
   const all = `${api}/store/query?from=${iso(start)}&to=${iso(Date.now() + 60_000)}`;
   const stored = (await waitFor(
     async () => {
@@ -104,6 +108,10 @@ test('ingeststore: regex, topic, time bounds, stats and limit on stored records'
   assert.equal(r.headers.get('x-oklog-regex'), 'false');
   r = await get(`${all}&q=${encodeURIComponent('(?i)STATUS=(5)00')}&regex=true`);
   assert.equal(r.lines.length, 8);
+  // Go's `.` matches `\r` (JavaScript's does not): the CRLF record is found.
+  r = await get(`${all}&q=${encodeURIComponent('code=500.*$')}&regex=true`);
+  assert.equal(r.lines.length, 1);
+  assert.ok(r.body.endsWith(` crlf ${crlf}\n`), JSON.stringify(r.body));
   r = await get(`${all}&q=${encodeURIComponent('(?=x)')}&regex=true`);
   assert.equal(r.status, 400);
   assert.match(r.body, /^compiling regex: lookahead/);

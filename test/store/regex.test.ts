@@ -1,7 +1,9 @@
 // Go RE2 patterns on V8's linear engine (node/store/regex.ts): captures dropped, Go syntax
-// translated (inline flags, \z, \Q…\E, POSIX classes, counted repetitions), unsupported
-// constructs and oversized patterns refused with a 400 that names them; time bounds that do not
-// exist on the calendar are refused too.
+// translated (inline flags, Go's `.`, \z, \Q…\E, POSIX classes, octal, counted repetitions),
+// classes emitted so the linear engine reads them as the backtracking one does, (?i) classes
+// folded in bounded time, unsupported constructs and oversized patterns refused with a 400 that
+// names them; time bounds that do not exist on the calendar are refused too. Expected matches
+// were checked against Go's regexp.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { compileFilter, compileLinearRegex } from '../../node/store/filter.ts';
@@ -20,8 +22,28 @@ test('Go syntax means what it means in Go', () => {
     ['(?i)[a-c]x', 'BX', true],
     ['(?i)[^a-c]x', 'BX', false],
     ['(?i)k', '\u212a', true], // Kelvin sign folds to k, as in Go
+    ['(?i)[^k]', '\u212a', false],
+    ['(?i)s', '\u017f', true], // and long s to s
+    // Dotless ı upper-cases to I, but Go's simple folding does not fold it with i.
+    ['(?i)i', '\u0131', false],
+    ['(?i)\u0131', 'I', false],
+    ['(?i)[a-z]', '\u0131', false],
+    ['(?i)[^a-z]', '\u0131', true],
+    // Go folds \w under (?i) (the Kelvin sign, ſ), and \W is the complement of that.
+    ['(?i)\\w', '\u212a', true],
+    ['(?i)\\W', '\u212a', false],
+    ['(?i)[\\W]', '\u017f', false],
+    ['\\W', '\u212a', true],
     ['(?is)a.b', 'A b', true],
     ['(?s)a.b', 'a b', true],
+    // Go's `.` is anything but \n: JavaScript's also misses \r (kept from CRLF lines), U+2028/9.
+    ['a.b', 'a\rb', true],
+    ['500.*$', 'web code=500 oops\r', true],
+    ['a.b', 'a\u2028b', true],
+    ['a.b', 'a\u2029b', true],
+    ['a.b', 'a\nb', false],
+    ['(?s)a.b', 'a\nb', true],
+    ['(?s:.)(?-s:.)', '\n\n', false],
     ['(?m)^x$', 'x', true],
     ['a(?i)b', 'aB', true],
     ['a(?i)b', 'AB', false],
@@ -44,7 +66,19 @@ test('Go syntax means what it means in Go', () => {
     ['\\x41', 'A', true],
     ['\\s', '\u00a0', false],
     ['\\s', '\t', true],
+    // Go's \S is the complement of its ASCII \s, inside a class too.
+    ['\\S', '\u00a0', true],
+    ['[\\S]', '\u00a0', true],
+    ['[\\S]', '\v', true],
+    ['[^\\S]', '\u00a0', false],
+    ['[\\s]', '\v', false],
     ['\\0', '\0', true],
+    // Octal: \0 and \1…\7 followed by an octal digit, up to three digits.
+    ['^\\123$', 'S', true],
+    ['^\\1234$', 'S4', true],
+    ['^\\12$', '\n', true],
+    ['^[\\101-\\132]+$', 'XYZ', true],
+    ['^\\0123$', '\n3', true],
     ['[\\d-]+x', '1-2x', true],
     ['a/b', 'a/b', true],
     ['\\bok\\b', 'is ok.', true],
@@ -66,6 +100,50 @@ test('Go syntax means what it means in Go', () => {
   }
 });
 
+test('classes match on the linear engine what they match on the backtracking one, for every BMP character', () => {
+  // V8's linear engine matches every character with a negated class that holds U+FFFF: such a
+  // class must be emitted as its positive complement.
+  const cases: [pattern: string, expected: (c: number) => boolean][] = [
+    ['[^\\x{80}-\\x{ffff}]', (c) => c < 0x80],
+    ['[^a\\x{ffff}]', (c) => c !== 0x61 && c !== 0xffff],
+    ['[^\\x{ffff}]', (c) => c !== 0xffff],
+    ['[^\\x00-\\x{ffff}]', () => false],
+    ['[\\x{fff0}-\\x{ffff}]', (c) => c >= 0xfff0],
+    ['.', (c) => c !== 0x0a],
+    ['(?s).', () => true],
+    ['\\S', (c) => !'\t\n\f\r '.includes(String.fromCharCode(c))],
+    ['[^\\s]', (c) => !'\t\n\f\r '.includes(String.fromCharCode(c))],
+    ['[^[:alpha:]\\x{ffff}]', (c) => !/[A-Za-z]/.test(String.fromCharCode(c)) && c !== 0xffff],
+    ['(?i)[^k]', (c) => !'kK\u212a'.includes(String.fromCharCode(c))],
+  ];
+  for (const [pattern, expected] of cases) {
+    const { source } = translateGoRegex(pattern);
+    const linear = new RegExp(`^(?:${source})$`, 'l');
+    const backtracking = new RegExp(`^(?:${source})$`);
+    const wrong: string[] = [];
+    for (let c = 0; c <= 0xffff; c++) {
+      const s = String.fromCharCode(c);
+      const want = expected(c);
+      if (backtracking.test(s) !== want || linear.test(s) !== want) wrong.push(c.toString(16));
+    }
+    assert.equal(wrong.length, 0, `${pattern} (${source}) is wrong for ${wrong.slice(0, 5).join(', ')}…`);
+  }
+});
+
+test('a case-insensitive class is folded in bounded time, whatever its ranges span', () => {
+  // 906 characters (under the 1024 cap): folding went through every code unit of every range,
+  // 300 × 64 Ki of them, ~0.6 s on the thread that answers requests.
+  const pattern = `(?i)[${'\u0001-\uffff'.repeat(300)}]`;
+  assert.ok(pattern.length <= MAX_PATTERN_LENGTH);
+  translateGoRegex('(?i)x'); // the fold table, built once per thread, is not what is measured
+  const t = performance.now();
+  const { source } = translateGoRegex(pattern);
+  const ms = performance.now() - t;
+  assert.ok(ms < 200, `${ms.toFixed(0)} ms to translate`);
+  const re = new RegExp(source, 'l');
+  assert.ok(re.test('\u0001') && re.test('\uffff') && !re.test('\0'));
+});
+
 test('capturing groups are compiled as non-capturing (escapes and classes left alone)', () => {
   assert.equal(translateGoRegex('(a)(?P<n>b)(?<m>c)(?:d)').source, '(?:a)(?:b)(?:c)(?:d)');
   assert.equal(translateGoRegex('\\(a\\)[(]').source, '\\(a\\)[\\(]');
@@ -85,6 +163,8 @@ test('unsupported constructs and oversized patterns are a 400 that names them', 
     ['(?<=a)b', /lookbehind \(\?<=…\)/],
     ['(?<!a)b', /lookbehind/],
     ['(a)\\1', /backreferences \(\\1\)/],
+    ['\\18', /backreferences \(\\1\).*octal escape has two digits or more: \\01/],
+    ['\\8', /backreferences \(\\8\)/],
     ['(?P=x)', /backreferences/],
     ['\\k<x>', /backreferences/],
     ['\\pL', /Unicode classes \\p/],
@@ -95,7 +175,13 @@ test('unsupported constructs and oversized patterns are a 400 that names them', 
     ['[[:foo:]]', /invalid character class \[:foo:\]/],
     ['(?#comment)', /unsupported group syntax/],
     ['(a', /Unterminated group/],
-    ['a**', /Nothing to repeat/],
+    ['**', /Nothing to repeat/],
+    // Stacked repetitions: Go refuses them; as written here they would mean something else.
+    ['a**', /invalid nested repetition operator \*\*/],
+    ['a{2}{3}', /invalid nested repetition operator \{2\}\{3\}/],
+    ['a{2}*', /invalid nested repetition operator \{2\}\*/],
+    ['a+?*', /invalid nested repetition operator \+\?\*/],
+    ['a*??', /invalid nested repetition operator \*\?\?/],
     ['a{1001}', /repetition count over 1000/],
     ['x{2,1}', /invalid repeat count/],
     ['a'.repeat(MAX_PATTERN_LENGTH + 1), /at most 1024 are allowed/],
