@@ -85,7 +85,7 @@ export class SegmentPublisher {
     const ref = this.log.ref(entry);
     this.pending++;
     this.queue = this.queue
-      .then(() => this.publish(ref.path, local))
+      .then(() => this.publish(ref.path, ref.settled, local))
       .catch((err) =>
         this.logger.warn({ err: describeError(err), segment: entry.base }, 'store: stream publishing failed'),
       )
@@ -95,8 +95,13 @@ export class SegmentPublisher {
       });
   }
 
-  private async publish(path: () => string, subs: Subscription[]): Promise<void> {
-    const reader = await openChunkReader(this.log.fs, path, CHUNK);
+  private async publish(
+    path: () => string,
+    settled: () => Promise<void>,
+    subs: Subscription[],
+  ): Promise<void> {
+    // A compaction may be renaming the fresh segment as it is opened: the open waits, takes the new name.
+    const reader = await openChunkReader(this.log.fs, path, CHUNK, settled);
     let carry: Buffer | null = null;
     try {
       for (;;) {
