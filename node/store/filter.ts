@@ -24,12 +24,16 @@ export type RecordMatcher = (buf: Buffer, start: number, end: number) => boolean
 
 export { InvalidRegexError };
 
+/** Patterns this thread has compiled: a query compiles its regex once (tests count them). */
+export const regexCompilations = { count: 0 };
+
 /**
  * Compiles a Go RE2 pattern for the linear engine (see regex.ts: captures dropped, `(?i)` and
  * other Go syntax translated, size capped); a pattern it cannot run in linear time is refused
  * with InvalidRegexError (400), naming the construct.
  */
 export function compileLinearRegex(pattern: string): RegExp {
+  regexCompilations.count++;
   const { source } = translateGoRegex(pattern);
   try {
     return new RegExp(source, 'l');

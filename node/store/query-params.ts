@@ -84,8 +84,28 @@ function parseLimit(value: string | null): number | null {
   return Number(value);
 }
 
-/** Parses a raw query string (`from=…&to=…`). Throws InvalidArgumentError (→ 400). */
+/** A parsed query and its compiled filter. */
+export interface ParsedQuery {
+  params: QueryParams;
+  filter: ScanFilter;
+}
+
+/**
+ * Parses a raw query string (`from=…&to=…`) and compiles its filter, once: a regex can take
+ * milliseconds to translate and compile, on the thread that answers every request. Throws
+ * InvalidArgumentError (→ 400), an invalid regex included, before any work starts.
+ */
+export function parseQuery(rawQuery: string, now: number = Date.now()): ParsedQuery {
+  const params = parseParams(rawQuery, now);
+  return { params, filter: compileScanFilter(params) };
+}
+
+/** parseQuery without the filter (which is still compiled: an invalid regex is a 400 here too). */
 export function parseQueryParams(rawQuery: string, now: number = Date.now()): QueryParams {
+  return parseQuery(rawQuery, now).params;
+}
+
+function parseParams(rawQuery: string, now: number): QueryParams {
   const sp = new URLSearchParams(rawQuery);
   const from = parseBound('from', sp.get('from'), now);
   const to = parseBound('to', sp.get('to'), now);
@@ -105,7 +125,6 @@ export function parseQueryParams(rawQuery: string, now: number = Date.now()): Qu
     relative: from.relative === true || to.relative === true,
     ulids: sp.get('ulids') === 'true',
   };
-  compileScanFilter(params); // an invalid regex is a 400 here, before any work starts
   return params;
 }
 
@@ -121,18 +140,54 @@ export function forwardedQuery(rawQuery: string, p: QueryParams): string {
   return sp.toString();
 }
 
-/** The filter a segment scan applies; compiles the regex (InvalidRegexError → 400). */
-export function compileScanFilter(p: QueryParams): ScanFilter {
+type FilterTerms = Pick<QueryParams, 'q' | 'regex' | 'topic'>;
+
+/** What a scan filter holds besides its time bounds: everything compiling costs. */
+type CompiledTerms = Pick<ScanFilter, 'matcher' | 'needle' | 'all'>;
+
+/** Compiles a filter's terms (InvalidRegexError → 400); the time bounds are added per scan. */
+export function compileFilterTerms(p: FilterTerms): CompiledTerms {
   const matcher = compileFilter({ q: p.q, regex: p.regex, topic: p.topic });
   let needle: Buffer | null = null;
   if (p.q !== '' && !p.regex) needle = Buffer.from(p.q, 'utf8');
   else if (p.topic !== undefined) needle = Buffer.from(`${p.topic} `, 'latin1');
-  return {
-    matcher,
-    needle,
-    all: p.q === '' && p.topic === undefined,
-    from: ulidBytes(p.from),
-    to: ulidBytes(p.to),
-    skipMalformed: true,
-  };
+  return { matcher, needle, all: p.q === '' && p.topic === undefined };
+}
+
+function withBounds(t: CompiledTerms, p: Pick<QueryParams, 'from' | 'to'>): ScanFilter {
+  return { ...t, from: ulidBytes(p.from), to: ulidBytes(p.to), skipMalformed: true };
+}
+
+/** The filter a segment scan applies; compiles the regex (InvalidRegexError → 400). */
+export function compileScanFilter(p: QueryParams): ScanFilter {
+  return withBounds(compileFilterTerms(p), p);
+}
+
+/**
+ * Scan filters by their terms (q, regex, topic), the most recently used `max` kept. A scan worker
+ * gets a query's terms with every scan, one per segment file or byte range: compiled once, not
+ * per scan (a regex at the caps costs milliseconds to compile, time no slice accounts for).
+ */
+export class ScanFilterCache {
+  private readonly byTerms = new Map<string, CompiledTerms>();
+  constructor(
+    private readonly max = 64,
+    private readonly compile: (p: FilterTerms) => CompiledTerms = compileFilterTerms,
+  ) {}
+
+  get size(): number {
+    return this.byTerms.size;
+  }
+
+  /** Throws what compiling throws (nothing is cached then). */
+  get(p: FilterTerms & Pick<QueryParams, 'from' | 'to'>): ScanFilter {
+    const key = JSON.stringify([p.q, p.regex, p.topic ?? null]);
+    let t = this.byTerms.get(key);
+    if (t === undefined) {
+      t = this.compile(p);
+      if (this.byTerms.size >= this.max) this.byTerms.delete(this.byTerms.keys().next().value as string);
+    } else this.byTerms.delete(key); // re-inserted below: the Map's order is the recency order
+    this.byTerms.set(key, t);
+    return withBounds(t, p);
+  }
 }

@@ -18,10 +18,11 @@ import { mergeSorted } from './merge.ts';
 import type { StoreMetrics } from './metrics.ts';
 import { LocalQuery } from './query.ts';
 import { H, type QueryStats, queryHeaders } from './query-headers.ts';
-import { compileScanFilter, forwardedQuery, parseQueryParams, type QueryParams } from './query-params.ts';
+import { forwardedQuery, parseQuery, type QueryParams } from './query-params.ts';
 import { receiveSegment } from './replicate.ts';
 import { abortWhenGone, pipeRecords } from './respond.ts';
 import type { ScanPool } from './scan-pool.ts';
+import type { ScanFilter } from './segment-reader.ts';
 import type { SegmentEntry, StoreLog } from './store-log.ts';
 
 export interface StoreRoutesOptions {
@@ -110,8 +111,15 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   };
   const idle = new IdleCollector();
 
-  const localQuery = (params: QueryParams, signal: AbortSignal, logger: Pick<Logger, 'warn'>) =>
-    new LocalQuery(log, compileScanFilter(params), params, {
+  // The filter is the one parseQuery compiled: a regex is translated and compiled once per
+  // request, on the thread that answers every request (a pattern at the caps costs milliseconds).
+  const localQuery = (
+    params: QueryParams,
+    filter: ScanFilter,
+    signal: AbortSignal,
+    logger: Pick<Logger, 'warn'>,
+  ) =>
+    new LocalQuery(log, filter, params, {
       concurrency: opts.queryConcurrency,
       bufferSize: opts.bufferSize,
       signal,
@@ -148,11 +156,11 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
 
   const answerNodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
-    const params = parseQueryParams(rawQueryOf(req), log.now()); // 400 before anything else
+    const { params, filter } = parseQuery(rawQueryOf(req), log.now()); // 400 before anything else
     const head = req.method === 'HEAD';
     const gone = new AbortController();
     // Selecting segments may fail (503 while shutting down): still before the response is ours.
-    const q = localQuery(params, gone.signal, req.log);
+    const q = localQuery(params, filter, gone.signal, req.log);
     try {
       q.admit();
     } catch (err) {
@@ -197,7 +205,7 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
 
   const answerUserQuery = async (req: FastifyRequest, reply: FastifyReply) => {
     const t0 = performance.now();
-    const params = parseQueryParams(rawQueryOf(req), log.now());
+    const { params, filter } = parseQuery(rawQueryOf(req), log.now());
     const raw = forwardedQuery(rawQueryOf(req), params);
     const nodes = opts.peers.current('store');
     if (nodes.length === 0) throw new NoStoreNodesError();
@@ -218,7 +226,7 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
         return me ? node === me : isSelf(node, req.socket.localPort);
       },
       answer: async (node, m, signal) => {
-        const q = localQuery(nodeParams, signal, req.log);
+        const q = localQuery(nodeParams, filter, signal, req.log); // same terms and bounds
         try {
           q.admit(); // busy: this node fails like a remote one answering 503
         } catch (err) {

@@ -14,7 +14,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { NEWLINE } from '../../shared/record.ts';
 import { collectGarbage, GcNudge } from './gc-nudge.ts';
 import { ulidBytes } from './lines.ts';
-import { compileScanFilter } from './query-params.ts';
+import { ScanFilterCache } from './query-params.ts';
 import { CTL_EPOCH, CTL_RUNNING } from './scan-pool.ts';
 import { Carry, Collector, Scanner, STOP } from './segment-reader.ts';
 
@@ -119,6 +119,11 @@ const ctl = new Int32Array((workerData as { ctl: SharedArrayBuffer }).ctl);
 
 const scans = new Map<number, Scan>();
 const groups = new Map<number, Group>();
+/**
+ * A query sends its terms with each of its scans (one per file or byte range): its regex is
+ * compiled once here, not per scan. Opening a scan runs outside any time slice.
+ */
+const filters = new ScanFilterCache();
 let scheduled = false;
 
 /**
@@ -390,16 +395,7 @@ function schedule(): void {
 }
 
 function open(m: ScanRequest): void {
-  const filter = compileScanFilter({
-    q: m.q,
-    regex: m.regex,
-    topic: m.topic,
-    from: m.from,
-    to: m.to,
-    fromText: '',
-    toText: '',
-    limit: null,
-  });
+  const filter = filters.get(m);
   const out = new Collector(m.ulids);
   const fd = openSync(m.path, 'r');
   const group = groups.get(m.group) ?? { id: m.group, scans: [], next: 0 };

@@ -4,6 +4,8 @@ import { createServer, request } from 'node:http';
 import { connect, createServer as createNetServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { regexCompilations } from '../../node/store/filter.ts';
+import { compileFilterTerms, ScanFilterCache } from '../../node/store/query-params.ts';
 import { ScanPool } from '../../node/store/scan-pool.ts';
 import { MAX_ULID, ZERO_ULID } from '../../shared/ulid.ts';
 import { freePort, tempDir, waitFor } from '../helpers/index.ts';
@@ -94,6 +96,59 @@ test('regex: $ matches at end of line; regex=false means a plain term; invalid r
   r = await query(node.url, { ...all, q: '(a', regex: 'true' });
   assert.equal(r.status, 400);
   assert.match(r.body, /^compiling regex: /);
+});
+
+test('a query compiles its regex once on the thread that answers requests (user and node queries)', async () => {
+  const plain = await startTestNode({ workers: false });
+  try {
+    let seg = '';
+    for (let i = 0; i < 50; i++) seg += line(T0 + i, 0, `msg ${i} ${i % 10 === 0 ? 'status=500 end' : 'ok'}`);
+    assert.equal((await replicate(plain.url, seg)).status, 200);
+    const params = { from: iso(T0), to: iso(T0 + 1000), q: 'status=5[0-9]+ end$', regex: 'true' };
+    for (const [n, name] of [
+      [node, 'scan workers'],
+      [plain, 'main thread'],
+    ] as const) {
+      for (const path of ['/store/query', '/store/_query']) {
+        for (const method of ['GET', 'HEAD'] as const) {
+          const before = regexCompilations.count;
+          const r = await query(n.url, params, method, path);
+          assert.equal(r.status, 200);
+          if (method === 'GET') assert.ok(r.lines.length >= 5, `${name} ${path}`);
+          assert.equal(regexCompilations.count - before, 1, `${name} ${method} ${path}`);
+        }
+      }
+    }
+  } finally {
+    await plain.close();
+  }
+});
+
+test('scan workers compile a query’s terms once for all its scans (bounded cache, by terms)', () => {
+  let compiled = 0;
+  const cache = new ScanFilterCache(2, (p) => {
+    compiled++;
+    return compileFilterTerms(p);
+  });
+  const terms = (q: string) => ({ q, regex: true, topic: 'web' });
+  const a = cache.get({ ...terms('x+$'), from: ZERO_ULID, to: MAX_ULID });
+  const b = cache.get({ ...terms('x+$'), from: ulidAt(T0), to: ulidAt(T0 + 1) });
+  assert.equal(compiled, 1, 'same terms, other bounds: compiled once');
+  assert.equal(a.matcher, b.matcher);
+  assert.equal(b.from.toString(), ulidAt(T0));
+  assert.equal(b.to.toString(), ulidAt(T0 + 1));
+  assert.equal(a.skipMalformed, true);
+  cache.get({ ...terms('x+$'), regex: false, from: ZERO_ULID, to: MAX_ULID });
+  assert.equal(compiled, 2, 'a plain term is other terms');
+  cache.get({ ...terms('x+$'), from: ZERO_ULID, to: MAX_ULID }); // used again: the most recent
+  cache.get({ ...terms('y'), from: ZERO_ULID, to: MAX_ULID }); // evicts the plain term
+  assert.equal(cache.size, 2);
+  cache.get({ ...terms('x+$'), from: ZERO_ULID, to: MAX_ULID });
+  assert.equal(compiled, 3);
+  cache.get({ ...terms('x+$'), regex: false, from: ZERO_ULID, to: MAX_ULID });
+  assert.equal(compiled, 4);
+  assert.throws(() => cache.get({ ...terms('(a'), from: ZERO_ULID, to: MAX_ULID }), /compiling regex/);
+  assert.equal(cache.size, 2, 'an invalid pattern is not kept');
 });
 
 test('topic filter and limit', async () => {
