@@ -143,7 +143,7 @@ export function forwardedQuery(rawQuery: string, p: QueryParams): string {
 type FilterTerms = Pick<QueryParams, 'q' | 'regex' | 'topic'>;
 
 /** What a scan filter holds besides its time bounds: everything compiling costs. */
-type CompiledTerms = Pick<ScanFilter, 'matcher' | 'needle' | 'all'>;
+type CompiledTerms = Pick<ScanFilter, 'matcher' | 'needle' | 'all' | 'costly'>;
 
 /** Compiles a filter's terms (InvalidRegexError → 400); the time bounds are added per scan. */
 export function compileFilterTerms(p: FilterTerms): CompiledTerms {
@@ -151,7 +151,7 @@ export function compileFilterTerms(p: FilterTerms): CompiledTerms {
   let needle: Buffer | null = null;
   if (p.q !== '' && !p.regex) needle = Buffer.from(p.q, 'utf8');
   else if (p.topic !== undefined) needle = Buffer.from(`${p.topic} `, 'latin1');
-  return { matcher, needle, all: p.q === '' && p.topic === undefined };
+  return { matcher, needle, all: p.q === '' && p.topic === undefined, costly: p.regex && p.q !== '' };
 }
 
 function withBounds(t: CompiledTerms, p: Pick<QueryParams, 'from' | 'to'>): ScanFilter {

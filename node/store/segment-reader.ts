@@ -130,6 +130,11 @@ export interface ScanFilter {
   needle: Buffer | null;
   /** Every record matches (no term, no topic): ranges are copied without looking at lines. */
   all: boolean;
+  /**
+   * The matcher can take long on one record (a regex: microseconds per line, milliseconds at the
+   * pattern caps): the scan reads the clock after every record it runs it on, not every 32.
+   */
+  costly?: boolean;
   /** Inclusive ULID bounds, 26 bytes each. */
   from: Buffer;
   to: Buffer;
@@ -375,6 +380,7 @@ export class Scanner {
     const len = needle.length;
     const rareAt = this.rareAt;
     const tail = this.tail ?? needle;
+    const every = f.costly ? 1 : CLOCK_EVERY;
     let pos = start;
     let hits = 0;
     while (pos < end) {
@@ -398,7 +404,8 @@ export class Scanner {
         if (compareUlid(buf, ls, f.from, 0) < 0) continue;
       }
       if (f.matcher(buf, ls, le)) this.out.add(buf, ls, le + 1);
-      if (++hits % CLOCK_EVERY === 0 && performance.now() > deadline) return pos;
+      // A topic and a regex: every line of the topic is a hit, and each costs a regex run.
+      if (++hits % every === 0 && performance.now() > deadline) return pos;
     }
     return end;
   }

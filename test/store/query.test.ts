@@ -137,6 +137,7 @@ test('scan workers compile a query’s terms once for all its scans (bounded cac
   assert.equal(a.matcher, b.matcher);
   assert.equal(b.from.toString(), ulidAt(T0));
   assert.equal(b.to.toString(), ulidAt(T0 + 1));
+  assert.equal(a.costly, true);
   assert.equal(a.skipMalformed, true);
   cache.get({ ...terms('x+$'), regex: false, from: ZERO_ULID, to: MAX_ULID });
   assert.equal(compiled, 2, 'a plain term is other terms');
