@@ -283,7 +283,11 @@ function step(s: Scan, deadline: number): boolean {
   const n = readSync(s.fd, buf, 0, buf.length, base);
   if (n === 0) {
     giveBackRead(buf);
-    return false; // a final line without a newline is a torn write: not a record
+    // A final line without a newline (a torn write, damage) is not a record: counted, so the
+    // query has the segment repaired (it would otherwise be dropped unseen by every compaction).
+    if (s.carry.len > 0) s.scanner.malformed++;
+    s.carry.len = 0;
+    return false;
   }
   s.pos += n;
   const chunk = buf.subarray(0, n);

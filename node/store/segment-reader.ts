@@ -508,7 +508,16 @@ export async function* scanSegment(
     for (;;) {
       if (opts.signal?.aborted) return;
       const chunk = await reader.next();
-      if (chunk === null) break; // a final line without a newline is a torn write: not a record
+      if (chunk === null) {
+        // A final line without a newline (a torn write, damage) is not a record. A query counts
+        // it, so the segment gets repaired; compaction (skipMalformed off) gets it as it is, and
+        // its check refuses the input, which is then repaired, instead of the line being dropped.
+        if (carry.len > 0) {
+          if (filter.skipMalformed) scanner.malformed++;
+          else yield Buffer.from(carry.buf.subarray(0, carry.len));
+        }
+        break;
+      }
       let start = 0;
       let more = true;
       if (carry.len > 0) {

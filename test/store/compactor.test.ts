@@ -284,6 +284,43 @@ test('a compaction input with lines that are not records is repaired once; compa
   }
 });
 
+test('a compaction input whose last line has no newline is repaired: the line is set aside, not dropped', async () => {
+  const dir = await tempDir();
+  try {
+    const d = dir.path;
+    // A torn write at the end of a segment, and a segment overlapping it.
+    const torn = line(T0 + 6, 0, 'torn').trimEnd();
+    const name = `${ulidAt(T0)}-${ulidAt(T0 + 6)}.flushed`;
+    await writeFile(join(d, name), line(T0, 0, 'a-0') + line(T0 + 4, 0, 'a-4') + torn);
+    await writeFile(
+      join(d, `${ulidAt(T0 + 2)}-${ulidAt(T0 + 3)}.flushed`),
+      line(T0 + 2, 0, 'b-2') + line(T0 + 3, 0, 'b-3'),
+    );
+    const registry = new Registry();
+    const metrics = createStoreMetrics(registry);
+    const log = await openStoreLog({ fs: new RealFileSystem(), root: d, logger: silent, metrics });
+    try {
+      const c = compactor(log, metrics);
+      // The merge used to end at the last newline: the line was gone, and nothing said so.
+      assert.equal((await c.compactOverlapping()).result, 'Error');
+      assert.equal(await readFile(join(d, `${name}.bad`), 'utf8'), `${torn}\n`);
+      assert.match(
+        await registry.getSingleMetricAsString('oklog_store_repaired_segments_total'),
+        /result="OK"} 1/,
+      );
+      assert.equal((await c.compactOverlapping()).result, 'OK');
+      assert.deepEqual(
+        (await allRecords(d)).map((l) => l.slice(27)),
+        ['default a-0', 'default b-2', 'default b-3', 'default a-4'],
+      );
+    } finally {
+      await log.close();
+    }
+  } finally {
+    await dir.cleanup();
+  }
+});
+
 test('records outside the name bounds or unsorted across chunks are found by the compaction check', async () => {
   await withLog(async (log, dir) => {
     const metrics = createStoreMetrics(new Registry());

@@ -538,6 +538,45 @@ test('lines that are not records are skipped and counted, not fatal to the answe
   }
 });
 
+test('a last line without a newline is skipped and counted, and its segment repaired (workers and main thread)', async () => {
+  const good = [0, 1, 2].map((i) => line(T0 + i, 0, `good ${i}`));
+  const torn = line(T0 + 3, 0, 'good torn').trimEnd();
+  const dirs = [await tempDir('oklog-torn-'), await tempDir('oklog-torn-')];
+  for (const d of dirs)
+    await writeFile(join(d.path, `${ulidAt(T0)}-${ulidAt(T0 + 3)}.flushed`), good.join('') + torn);
+  const nodes = [
+    await startTestNode({ root: dirs[0].path }),
+    await startTestNode({ root: dirs[1].path, workers: false }),
+  ];
+  try {
+    for (const [i, n] of nodes.entries()) {
+      const r = await query(n.url, { from: iso(T0), to: iso(T0 + 10), q: 'good', regex: 'true' });
+      assert.deepEqual(
+        r.lines,
+        good.map((l) => l.trimEnd()),
+      );
+      const m = (await n.registry.getMetricsAsJSON()).find(
+        (x) => x.name === 'oklog_store_query_malformed_lines_total',
+      );
+      assert.equal(Number(m?.values[0]?.value), 1, `node ${i}`);
+      // Repaired: the torn line set aside (compaction used to drop it unseen), the records kept.
+      const torn0 = `${ulidAt(T0)}-${ulidAt(T0 + 3)}.flushed`;
+      const bad = await waitFor(async () => {
+        const files = await readdir(dirs[i].path);
+        return files.includes(torn0) ? undefined : files.find((x) => x.endsWith('.bad'));
+      }, `node ${i}: segment repaired`);
+      assert.equal(await readFile(join(dirs[i].path, bad as string), 'utf8'), `${torn}\n`);
+      assert.deepEqual(
+        (await query(n.url, { from: iso(T0), to: iso(T0 + 10) })).lines,
+        good.map((l) => l.trimEnd()),
+      );
+    }
+  } finally {
+    for (const n of nodes) await n.close();
+    for (const d of dirs) await d.cleanup();
+  }
+});
+
 test('a query selects nothing beyond the largest ULID and survives an empty store', async () => {
   const n = await startTestNode();
   try {
