@@ -453,7 +453,7 @@ export function translateGoRegex(pattern: string): TranslatedRegex {
     return j;
   };
 
-  /** `a{2}*` would mean `(?:aa)*` here, `a**` a syntax error: Go refuses both. */
+  /** Go refuses a repetition of a repetition; `a{2}*` would mean `aa*` here (its expansion is no atom). */
   const nested = (prev: string, raw: string): never =>
     refuse(`invalid nested repetition operator ${prev}${raw} (repeat a group instead: (?:x${prev})${raw})`);
 
