@@ -130,13 +130,18 @@ function parseParams(rawQuery: string, now: number): QueryParams {
 
 /**
  * The query string to send to the nodes: as received, except that relative bounds are replaced
- * by the ULIDs resolved here, so every node queries the same range whatever its clock.
+ * by the ULIDs resolved here, so every node queries the same range whatever its clock, and that
+ * `ulids` is dropped: it is internal to `_query`, and a user's `ulids=true` passed on would have
+ * the peers answer ULIDs where records are expected (the caller adds it when it means it).
  */
 export function forwardedQuery(rawQuery: string, p: QueryParams): string {
-  if (!p.relative) return rawQuery;
   const sp = new URLSearchParams(rawQuery);
-  sp.set('from', p.from);
-  sp.set('to', p.to);
+  if (!p.relative && !sp.has('ulids')) return rawQuery;
+  sp.delete('ulids');
+  if (p.relative) {
+    sp.set('from', p.from);
+    sp.set('to', p.to);
+  }
   return sp.toString();
 }
 

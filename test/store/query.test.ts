@@ -430,6 +430,15 @@ test('HEAD across nodes counts distinct records from their ULIDs only', async ()
       '1500',
     );
     assert.equal((await query(a.url, params)).lines.length, 2001, 'GET agrees');
+    // ulids is internal to _query: a user asking /store/query for it gets records, not ULIDs.
+    const own = await query(a.url, { ...params, ulids: 'true' });
+    assert.equal(own.status, 200);
+    assert.equal(own.lines.length, 2001);
+    assert.ok(own.lines.every((l) => l.includes(' rrr')), 'every line is a record');
+    assert.equal(
+      (await query(a.url, { ...params, ulids: 'true' }, 'HEAD')).headers.get('x-oklog-records-matched'),
+      '2001',
+    );
     // The internal mode itself: a ULID and a newline per matching record, merged within a node.
     const u = await query(b.url, { ...params, ulids: 'true' }, 'GET', '/store/_query');
     assert.deepEqual(u.lines, [...Array.from({ length: 2000 }, (_, i) => ulidAt(T0 + i)), ulidAt(T0 + 5000)]);
