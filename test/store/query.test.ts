@@ -434,7 +434,10 @@ test('HEAD across nodes counts distinct records from their ULIDs only', async ()
     const own = await query(a.url, { ...params, ulids: 'true' });
     assert.equal(own.status, 200);
     assert.equal(own.lines.length, 2001);
-    assert.ok(own.lines.every((l) => l.includes(' rrr')), 'every line is a record');
+    assert.ok(
+      own.lines.every((l) => l.includes(' rrr')),
+      'every line is a record',
+    );
     assert.equal(
       (await query(a.url, { ...params, ulids: 'true' }, 'HEAD')).headers.get('x-oklog-records-matched'),
       '2001',
