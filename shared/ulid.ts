@@ -72,6 +72,9 @@ export class UlidGenerator {
   private readonly entropy = new Uint8Array(10);
   private lastMs = -1;
   private readonly timeText = Buffer.alloc(10);
+  /** Where writeNextInPlace last wrote in full (see there). */
+  private inPlace: Buffer | null = null;
+  private inPlaceOffset = 0;
   private readonly now: () => number;
 
   constructor(options: { now?: () => number; random?: RandomSource } = {}) {
@@ -100,16 +103,30 @@ export class UlidGenerator {
 
   /** writeNext with the time read by the caller (`clock()`): still strictly increasing. */
   writeNextAt(out: Buffer, off: number, now: number): void {
-    let ms = now;
-    if (ms < this.lastMs) ms = this.lastMs;
-    if (this.increment()) ms = this.lastMs + 1; // all 80 bits wrapped: move time on to stay increasing
-    if (ms !== this.lastMs) {
-      this.lastMs = ms;
-      encodeTime(ms, this.timeText, 0);
+    this.advance(now);
+    this.writeCurrent(out, off);
+  }
+
+  /**
+   * writeNextAt for a place that holds the previous ULID of this generator, as a template the
+   * caller copies each record's prefix from: only the characters that changed are written (two,
+   * unless the time moved or the counter carried out of its last byte), a third of the cost of
+   * writing all 26 at a million records a second. The place is remembered (buffer and offset);
+   * any other place is written in full, and so is this one once another was written.
+   */
+  writeNextInPlace(out: Buffer, off: number, now: number): void {
+    const msBefore = this.lastMs;
+    const lastByteOnly = this.advance(now);
+    if (lastByteOnly && this.lastMs === msBefore && out === this.inPlace && off === this.inPlaceOffset) {
+      const b8 = this.entropy[8];
+      const b9 = this.entropy[9];
+      out[off + 24] = ENC[((b8 & 3) << 3) | ((b9 & 224) >> 5)];
+      out[off + 25] = ENC[b9 & 31];
+      return;
     }
-    const t = this.timeText;
-    for (let i = 0; i < 10; i++) out[off + i] = t[i]; // per record: a loop beats a Buffer#copy call
-    encodeEntropy(this.entropy, 0, out, off + 10);
+    this.writeCurrent(out, off);
+    this.inPlace = out;
+    this.inPlaceOffset = off;
   }
 
   /** The next ULID as a string. */
@@ -119,17 +136,38 @@ export class UlidGenerator {
     return b.toString('latin1');
   }
 
-  /** Adds one to the 80-bit entropy; returns true if it wrapped to zero. */
-  private increment(): boolean {
+  /**
+   * Steps to the next ULID: the counter advances, the time never goes backwards. Returns true
+   * when only the entropy's last byte changed.
+   */
+  private advance(now: number): boolean {
+    let ms = now;
+    if (ms < this.lastMs) ms = this.lastMs;
     const e = this.entropy;
+    let lastByteOnly = true;
+    let wrapped = true;
     for (let i = 9; i >= 0; i--) {
       if (e[i] !== 0xff) {
         e[i]++;
-        return false;
+        wrapped = false;
+        break;
       }
       e[i] = 0;
+      lastByteOnly = false;
     }
-    return true;
+    if (wrapped) ms = this.lastMs + 1; // all 80 bits wrapped: move time on to stay increasing
+    if (ms !== this.lastMs) {
+      this.lastMs = ms;
+      encodeTime(ms, this.timeText, 0);
+    }
+    return lastByteOnly;
+  }
+
+  /** Writes the current ULID (26 bytes) at `out[off]`. */
+  private writeCurrent(out: Buffer, off: number): void {
+    const t = this.timeText;
+    for (let i = 0; i < 10; i++) out[off + i] = t[i]; // per record: a loop beats a Buffer#copy call
+    encodeEntropy(this.entropy, 0, out, off + 10);
   }
 }
 

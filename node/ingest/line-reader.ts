@@ -6,7 +6,7 @@
 // by copying, and no per-record objects are allocated. Memory stays bounded whatever the input: a
 // line longer than `maxRecordSize` is never buffered — its bytes are skipped up to the next
 // newline and it is counted as dropped.
-import { SPACE, topicLengthAt } from '../../shared/record.ts';
+import { topicLengthAt } from '../../shared/record.ts';
 import { ULID_LENGTH, type UlidGenerator } from '../../shared/ulid.ts';
 import type { FrameBufferPool } from './buffer-pool.ts';
 
@@ -43,7 +43,12 @@ const NEWLINE = 0x0a;
 
 export class LineFramer {
   private readonly dynamic: boolean;
-  private readonly topic: Buffer;
+  /**
+   * Every record's prefix, `<ULID> ` plus `<topic> ` in static mode, copied in one call per record;
+   * the generator keeps its ULID current (writeNextInPlace). Without a generator the ULID bytes are
+   * placeholders, stamped later.
+   */
+  private readonly prefix: Buffer;
   private readonly prefixLength: number;
   private readonly max: number;
   private readonly ulids: UlidGenerator | null;
@@ -59,8 +64,9 @@ export class LineFramer {
 
   constructor(opts: FramerOptions) {
     this.dynamic = opts.topicMode === 'dynamic';
-    this.topic = Buffer.from(opts.topic, 'latin1');
-    this.prefixLength = ULID_LENGTH + 1 + (this.dynamic ? 0 : this.topic.length + 1);
+    const topic = this.dynamic ? '' : `${opts.topic} `;
+    this.prefix = Buffer.from(`${'0'.repeat(ULID_LENGTH)} ${topic}`, 'latin1');
+    this.prefixLength = this.prefix.length;
     this.max = opts.maxRecordSize;
     this.ulids = opts.ulids;
     this.pool = opts.pool;
@@ -108,32 +114,50 @@ export class LineFramer {
     out.set(last + 1 === chunk.length ? chunk : chunk.subarray(0, last + 1), base);
     const offsets = this.ulids ? null : ([] as number[]);
     let o = 0;
-    let s = 0;
-    for (let k = 0; k < n; k++) {
-      const e = nl[k];
-      let src = out;
-      let from = base + s;
-      let to = base + e;
-      s = e + 1;
-      if (k === 0) {
-        if (this.skipping) {
-          this.skipping = false; // the oversized line ends here
-          continue;
-        }
-        if (this.partialLength > 0) {
-          // The only copy of a line split across reads: join it once, here.
-          this.partial.push(chunk.subarray(0, e));
-          src = Buffer.concat(this.partial, this.partialLength + e);
-          from = 0;
-          to = src.length;
-          this.partial = [];
-          this.partialLength = 0;
-        }
-      }
-      const w = this.frameLine(src, from, to, out, o, offsets, result);
-      if (w < 0) break;
-      o += w;
+    // The first line may end one split across reads, or an oversized one being skipped.
+    const e0 = nl[0];
+    if (this.skipping) {
+      this.skipping = false; // the oversized line ends here
+    } else if (this.partialLength > 0) {
+      // The only copy of a line split across reads: join it once, here.
+      this.partial.push(chunk.subarray(0, e0));
+      const joined = Buffer.concat(this.partial, this.partialLength + e0);
+      this.partial = [];
+      this.partialLength = 0;
+      o = Math.max(0, this.frameLine(joined, 0, joined.length, out, 0, offsets, result));
+    } else {
+      o = Math.max(0, this.frameLine(out, base, base + e0, out, 0, offsets, result));
     }
+    // The rest: frameLine's work inline, with the loop's state in locals (the hot loop).
+    const { max, dynamic, ulids, prefix, prefixLength, ms } = this;
+    let records = 0;
+    let tooLarge = 0;
+    let s = e0 + 1;
+    for (let k = 1; k < n && !this.stopped; k++) {
+      const e = nl[k];
+      const from = base + s;
+      const len = e - s;
+      s = e + 1;
+      if (len > max) {
+        tooLarge++;
+        continue;
+      }
+      if (dynamic && topicLengthAt(out, from, from + len) < 0) {
+        this.stopped = true;
+        result.invalidTopic = true;
+        break;
+      }
+      if (ulids) ulids.writeNextInPlace(prefix, 0, ms);
+      else offsets?.push(o);
+      out.set(prefix, o);
+      o += prefixLength;
+      out.copyWithin(o, from, from + len);
+      o += len;
+      out[o++] = NEWLINE;
+      records++;
+    }
+    result.records += records;
+    result.tooLarge += tooLarge;
     if (!this.stopped) this.hold(chunk, last + 1, result);
     if (result.records > 0) {
       result.buf = o === out.length ? out : out.subarray(0, o);
@@ -212,16 +236,10 @@ export class LineFramer {
       return -1;
     }
     const start = o;
-    if (this.ulids) this.ulids.writeNextAt(out, o, this.ms);
+    if (this.ulids) this.ulids.writeNextInPlace(this.prefix, 0, this.ms);
     else offsets?.push(o);
-    o += ULID_LENGTH;
-    out[o++] = SPACE;
-    if (!this.dynamic) {
-      const t = this.topic;
-      for (let j = 0; j < t.length; j++) out[o + j] = t[j];
-      o += t.length;
-      out[o++] = SPACE;
-    }
+    out.set(this.prefix, o);
+    o += this.prefixLength;
     if (src === out) out.copyWithin(o, from, to);
     else out.set(src.subarray(from, to), o);
     o += len;

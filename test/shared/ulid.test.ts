@@ -112,3 +112,37 @@ test('within one millisecond every ULID is the previous entropy plus one, carrie
   assert.equal(after.slice(10), '0'.repeat(16));
   assert.ok(after > before, `${before} < ${after}`);
 });
+
+test('writeNextInPlace writes the same ULIDs as writeNextAt, across carries, clock steps and places', () => {
+  // Two generators with the same seed and clock: one writes every ULID in full, the other in
+  // place into a template (as the line framer does), sometimes elsewhere (written in full).
+  const seed = () => {
+    const words = [0x1234, 0x7fffff00];
+    return () => words.shift() ?? 0;
+  };
+  const times: number[] = [];
+  let t = 1_700_000_000_000;
+  for (let i = 0; i < 3000; i++) {
+    if (i % 700 === 10) t += 1; // the time moves on
+    if (i === 1500) t -= 3; // and steps back once
+    times.push(t);
+  }
+  const full = new UlidGenerator({ random: seed() });
+  const inPlace = new UlidGenerator({ random: seed() });
+  const template = Buffer.from(`${'-'.repeat(26)} web `);
+  const other = Buffer.alloc(40, 0x2d);
+  const expected = Buffer.alloc(26);
+  let prev = '';
+  for (let i = 0; i < times.length; i++) {
+    full.writeNextAt(expected, 0, times[i]);
+    // Every 100th ULID goes to another place, or to the template at another offset.
+    const [buf, off] = i % 100 === 50 ? [other, 7] : i % 100 === 99 ? [template, 1] : [template, 0];
+    inPlace.writeNextInPlace(buf, off, times[i]);
+    const got = buf.toString('latin1', off, off + 26);
+    assert.equal(got, expected.toString('latin1'), `ULID ${i}`);
+    if (buf === template && off === 0) assert.equal(template.toString('latin1', 26), ' web ');
+    assert.ok(got > prev, `${got} > ${prev}`);
+    prev = got;
+    if (off === 1) template.write(`-${'+'.repeat(25)} web `, 0, 'latin1'); // its ULID was overwritten
+  }
+});
