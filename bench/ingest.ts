@@ -9,8 +9,8 @@
 // Each throughput is the best of ROUNDS, alternating reference and oklog.
 // Run alone: `npx tsx bench/ingest.ts`; from `npm run bench`, `run()` returns the markdown section.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { stat } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { freePort, startOklog, tempDir, waitFor } from '../test/helpers/index.ts';
 import { memoryMiB, runIfMain, withNode, withTempDir } from './lib.ts';

@@ -171,6 +171,9 @@ export async function startNode(mode: NodeMode, values: FlagValues, set: Set<str
     stopping ??= (async () => {
       logger.info('shutting down');
       await cluster?.leave(1000).catch((err: unknown) => logger.warn({ err }, 'cluster leave failed'));
+      // Peers now route around this node: refuse new queries, let those in progress finish
+      // (awaited by store.stop(), while the consumers and the ingest log stop meanwhile).
+      void store?.drainQueries();
       // The store's consumers first: a batch in flight must be committed (or failed) while the
       // ingest log still takes commits. Closing the log first hands its claims back to .flushed,
       // the commit then fails, and the batch, already stored, is consumed again after a restart.

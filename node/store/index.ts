@@ -19,6 +19,7 @@ import { LocalFirstHttp, type LocalIngester } from './local-http.ts';
 import { createStoreMetrics } from './metrics.ts';
 import { SegmentPublisher } from './publish.ts';
 import { FailureMemo, QUARANTINE_DIR } from './quarantine.ts';
+import { QueryGate } from './query-gate.ts';
 import { openStoreLog } from './recovery.ts';
 import { replicaReceiver, storeRoutes } from './routes.ts';
 import { defaultScanWorkers, ScanPool } from './scan-pool.ts';
@@ -106,6 +107,12 @@ export function storeFlagSpecs(mode: string): FlagSpec[] {
       help: 'read-ahead bytes all queries of this node hold at most, together (queries beyond it wait)',
     },
     {
+      name: 'store.shutdown-grace',
+      kind: 'duration',
+      default: '10s',
+      help: 'at shutdown, how long queries in progress may take to finish (new ones get 503)',
+    },
+    {
       name: 'ui.local',
       kind: 'bool',
       default: false,
@@ -136,6 +143,12 @@ export interface StoreHandle {
    * commits: closing the log first hands the claims back, and the batch is stored twice.
    */
   stopConsumers(): Promise<void>;
+  /**
+   * Refuses new queries (503) and resolves once those in progress have ended, or when
+   * -store.shutdown-grace has passed (part of stop(); the node calls it once the cluster knows it
+   * is leaving, so that peers' node queries are not refused while they still route here).
+   */
+  drainQueries(): Promise<void>;
   log: StoreLog;
 }
 
@@ -174,6 +187,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   const delay = durationFlag(flags, 'store.segment-delay', 1);
   const retainMs = durationFlag(flags, 'store.segment-retain', 1);
   const purgeMs = durationFlag(flags, 'store.segment-purge', 0);
+  const shutdownGraceMs = durationFlag(flags, 'store.shutdown-grace', 0);
 
   // The consumer registers its metrics first; ours reuse the replicated_* ones it shares.
   const consumerMetrics = createConsumerMetrics(registry);
@@ -194,6 +208,7 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
   });
   const compactor = new Compactor({ log, logger, metrics, targetSize, retainMs, purgeMs, now, bufferSize });
   const onReplicated = (entry: SegmentEntry) => publisher.enqueue(entry);
+  const queryGate = new QueryGate();
   // Calls the consumers would make to this very node skip the loopback socket (local-http.ts).
   const http = new LocalFirstHttp(new NodeConsumerHttp(), {
     self: () => opts.peers.selfApiAddr?.() ?? null,
@@ -244,11 +259,26 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
         pool,
         queryMemory,
         onReplicated,
+        queryGate,
       }),
     );
     await app.register(streamRoutes({ registry: streams, peers: opts.peers, logger }));
   };
 
+  let draining: Promise<void> | null = null;
+  const drainQueries = () => {
+    draining ??= (async () => {
+      const waiting = queryGate.active;
+      if (waiting > 0) logger.info({ queries: waiting }, 'store: letting the queries in progress finish');
+      const cut = await queryGate.close(shutdownGraceMs);
+      if (cut > 0)
+        logger.warn(
+          { queries: cut, graceMs: shutdownGraceMs },
+          'store: queries still running at the end of -store.shutdown-grace are cut',
+        );
+    })();
+    return draining;
+  };
   let consumersStopping: Promise<void> | null = null;
   const stopConsumers = () => {
     consumersStopping ??= (async () => {
@@ -268,11 +298,12 @@ export async function startStore(opts: StartStoreOptions): Promise<StoreHandle> 
       await compactor.stop();
       await streams.close().catch((err: unknown) => logger.warn({ err }, 'stream registry close'));
       await publisher.drain();
+      await drainQueries();
       fanout.close();
       await pool?.close();
       await log.close();
     })();
     return stopping;
   };
-  return { routes, stop, stopConsumers, log };
+  return { routes, stop, stopConsumers, drainQueries, log };
 }

@@ -17,6 +17,7 @@ import { IdleCollector } from './gc-nudge.ts';
 import { mergeSorted } from './merge.ts';
 import type { StoreMetrics } from './metrics.ts';
 import { LocalQuery } from './query.ts';
+import { QueryGate } from './query-gate.ts';
 import { H, type QueryStats, queryHeaders } from './query-headers.ts';
 import { forwardedQuery, parseQuery, type QueryParams } from './query-params.ts';
 import { receiveSegment } from './replicate.ts';
@@ -44,6 +45,8 @@ export interface StoreRoutesOptions {
   queryMemory?: number;
   /** Called after a replicated segment is stored (live streams). */
   onReplicated?: (entry: SegmentEntry) => void;
+  /** Counts queries in progress and refuses new ones at shutdown (default: a gate of its own). */
+  queryGate?: QueryGate;
 }
 
 function rawQueryOf(req: FastifyRequest): string {
@@ -110,6 +113,20 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
     metrics.queryMemoryWaiting.set(budget.waiting);
   };
   const idle = new IdleCollector();
+  const gate = opts.queryGate ?? new QueryGate();
+  /** Runs a query handler inside the gate (503 once the node stops) and the idle collector. */
+  const gated =
+    (answer: (req: FastifyRequest, reply: FastifyReply) => Promise<void>) =>
+    async (req: FastifyRequest, reply: FastifyReply) => {
+      gate.enter();
+      idle.begin();
+      try {
+        await answer(req, reply);
+      } finally {
+        idle.end();
+        gate.leave();
+      }
+    };
 
   // The filter is the one parseQuery compiled: a regex is translated and compiled once per
   // request, on the thread that answers every request (a pattern at the caps costs milliseconds).
@@ -143,15 +160,6 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
     metrics.queryBusy.inc();
     reply.header('Retry-After', String(err.retryAfterSeconds));
     throw err;
-  };
-
-  const nodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
-    idle.begin();
-    try {
-      await answerNodeQuery(req, reply);
-    } finally {
-      idle.end();
-    }
   };
 
   const answerNodeQuery = async (req: FastifyRequest, reply: FastifyReply) => {
@@ -191,15 +199,6 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
       fail(res, err, req.log);
     } finally {
       q.close();
-    }
-  };
-
-  const userQuery = async (req: FastifyRequest, reply: FastifyReply) => {
-    idle.begin();
-    try {
-      await answerUserQuery(req, reply);
-    } finally {
-      idle.end();
     }
   };
 
@@ -311,8 +310,8 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
         throw err;
       }
     });
-    app.route({ method: ['GET', 'HEAD'], url: '/store/query', handler: userQuery });
-    app.route({ method: ['GET', 'HEAD'], url: '/store/_query', handler: nodeQuery });
+    app.route({ method: ['GET', 'HEAD'], url: '/store/query', handler: gated(answerUserQuery) });
+    app.route({ method: ['GET', 'HEAD'], url: '/store/_query', handler: gated(answerNodeQuery) });
     app.get('/store/', async (req, reply) => {
       const raw = rawQueryOf(req);
       // OK Log's Location lacked the /store prefix (§11.2 item 14).
