@@ -36,7 +36,9 @@ function pausedQuery(url: string) {
   const ended = started.then(
     (r) =>
       new Promise<{ complete: boolean; lines: number; matched: string | undefined }>((resolve) => {
-        r.on('end', () => resolve({ complete: r.complete, lines, matched: r.trailers['x-oklog-records-matched'] }));
+        r.on('end', () =>
+          resolve({ complete: r.complete, lines, matched: r.trailers['x-oklog-records-matched'] }),
+        );
         r.on('error', () => resolve({ complete: false, lines, matched: undefined }));
         r.on('aborted', () => resolve({ complete: false, lines, matched: undefined }));
       }),
