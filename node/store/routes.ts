@@ -114,7 +114,12 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
   };
   const idle = new IdleCollector();
   const gate = opts.queryGate ?? new QueryGate();
-  /** Runs a query handler inside the gate (503 once the node stops) and the idle collector. */
+  /**
+   * Runs a query handler inside the gate (503 once the node stops) and the idle collector. The
+   * query leaves the gate once its response is flushed to the socket (or the socket is gone), not
+   * when the handler returns: the tail of a body to a slow reader still sits in the response's
+   * buffer then, and closing the server would drop it.
+   */
   const gated =
     (answer: (req: FastifyRequest, reply: FastifyReply) => Promise<void>) =>
     async (req: FastifyRequest, reply: FastifyReply) => {
@@ -124,7 +129,18 @@ export function storeRoutes(opts: StoreRoutesOptions): FastifyPluginAsync {
         await answer(req, reply);
       } finally {
         idle.end();
-        gate.leave();
+        const res = reply.raw;
+        if (res.writableFinished || res.destroyed) gate.leave();
+        else {
+          let left = false;
+          const leave = () => {
+            if (left) return;
+            left = true;
+            gate.leave();
+          };
+          res.once('finish', leave);
+          res.once('close', leave);
+        }
       }
     };
 

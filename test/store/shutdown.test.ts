@@ -11,10 +11,15 @@ const iso = (ms: number) => new Date(ms).toISOString();
 const RECORDS = 200_000; // ~36 MiB: far more than the sockets between node and client buffer
 const range = `from=${iso(T0)}&to=${iso(T0 + RECORDS)}`;
 
-/** Starts a GET of every record and pauses once the first bytes are in. */
-function pausedQuery(url: string) {
+/**
+ * Starts a GET of every record and pauses once the first bytes are in. With `stall`, the reader
+ * also stops for `stall.ms` once only `stall.remaining` records are left: the node has then sent
+ * the rest into the socket buffers, and its handler is done while the client has not read it all.
+ */
+function pausedQuery(url: string, stall?: { remaining: number; ms: number }) {
   let lines = 0;
   let tail = '';
+  let stalled = false;
   let res: IncomingMessage | null = null;
   const started = new Promise<IncomingMessage>((resolve, reject) => {
     const req = request(`${url}/store/query?${range}`, (r) => {
@@ -24,6 +29,11 @@ function pausedQuery(url: string) {
         const parts = (tail + d).split('\n');
         tail = parts.pop() ?? '';
         lines += parts.length;
+        if (stall && !stalled && lines >= RECORDS - stall.remaining) {
+          stalled = true;
+          r.pause();
+          setTimeout(() => r.resume(), stall.ms);
+        }
       });
       r.once('data', () => {
         r.pause();
@@ -65,7 +75,8 @@ test('SIGTERM lets a query in progress finish; new queries meanwhile get 503', a
   const dir = await tempDir();
   const node = await storeWithRecords(dir.path, ['-store.shutdown-grace', '60s']);
   try {
-    const q = pausedQuery(node.api);
+    // The reader stalls near the end too: the node must wait until the last byte is flushed.
+    const q = pausedQuery(node.api, { remaining: 30_000, ms: 1500 });
     await q.started;
     assert.equal(q.status(), 200);
     void node.proc.kill('SIGTERM');
