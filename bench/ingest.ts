@@ -6,9 +6,9 @@
 // - durable mode: the same over the durable port (group commit) vs a reference that writes and
 //   fsyncs every record (OK Log's durable mode), CONNS connections in parallel. Target ≥ 20×.
 // - peak RSS (VmHWM) of the node over the whole run. Target < 300 MiB.
-// Each throughput is the best of ROUNDS, alternating reference and oklog.
+// Each throughput is the best of ROUNDS, alternating reference and oklog, each run after a `sync`.
 // Run alone: `npx tsx bench/ingest.ts`; from `npm run bench`, `run()` returns the markdown section.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -222,6 +222,15 @@ async function oklogRun(api: string, port: number, slices: Buffer[], records: nu
 
 const fmt = (n: number) => Math.round(n).toLocaleString('en');
 
+/**
+ * Every timed run starts from the same state: the dirty pages of the runs before (each writes
+ * 143 MiB) written back first (`sync`), so that no run pays for another's writeback.
+ */
+async function settle(): Promise<void> {
+  execFileSync('sync');
+  await new Promise((res) => setTimeout(res, 100));
+}
+
 export async function run(): Promise<string> {
   const log = (s: string) => process.stderr.write(`ingest bench: ${s}\n`);
   return withTempDir('oklog-bench-ingest-', async (tmp) => {
@@ -237,22 +246,23 @@ export async function run(): Promise<string> {
       for (let r = 0; r < ROUNDS; r++) {
         const refDir = await tempDir('oklog-bench-ref-');
         try {
+          await settle();
           const ref = await reference(refDir.path, fast.slices, 'raw');
           bestRaw = Math.min(bestRaw, ref.seconds);
           if (bestSocat !== null) {
+            await settle();
             const s = await socatReference(refDir.path, fast.slices);
             bestSocat = s === null ? null : Math.min(bestSocat, s);
           }
         } finally {
           await refDir.cleanup();
         }
+        await settle();
         const s = await oklogRun(node.api, node.ports.fast, fast.slices, RECORDS);
         bestFast = Math.min(bestFast, s);
         log(
           `round ${r + 1}: raw ${bestRaw.toFixed(3)} s, socat ${bestSocat?.toFixed(3)} s, oklog fast ${s.toFixed(3)} s`,
         );
-        // Let the node flush and hand back the page cache before the next round.
-        await new Promise((res) => setTimeout(res, 500));
       }
       let bestFsync = 0;
       let bestDurable = Number.POSITIVE_INFINITY;
@@ -280,7 +290,7 @@ export async function run(): Promise<string> {
       return [
         '## Ingest (issue 2): fast and durable TCP ingest into one `oklog ingest`',
         '',
-        `${fmt(RECORDS)} records of 100–200 B (${mib.toFixed(0)} MiB) for fast mode and ${fmt(DURABLE_RECORDS)} for durable mode, sent over ${CONNS} parallel connections from the benchmark process; one \`oklog ingest\` node at default settings on the real filesystem. Best of ${ROUNDS} rounds (durable: ${Math.min(ROUNDS, 2)}), alternating with the reference. Both are timed from this process, from before connecting until the end is seen: oklog's when \`/ingest/stats\` reports every record written to its segment files, the raw sink's when it reports every connection written and closed.`,
+        `${fmt(RECORDS)} records of 100–200 B (${mib.toFixed(0)} MiB) for fast mode and ${fmt(DURABLE_RECORDS)} for durable mode, sent over ${CONNS} parallel connections from the benchmark process; one \`oklog ingest\` node at default settings on the real filesystem. Best of ${ROUNDS} rounds (durable: ${Math.min(ROUNDS, 2)}), alternating with the references, each fast-mode run after a `sync` (no run pays for another's writeback). Both are timed from this process, from before connecting until the end is seen: oklog's when \`/ingest/stats\` reports every record written to its segment files, the raw sink's when it reports every connection written and closed.`,
         '',
         '| measure | oklog | reference | ratio | target |',
         '| --- | --- | --- | --- | --- |',
