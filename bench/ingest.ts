@@ -290,7 +290,7 @@ export async function run(): Promise<string> {
       return [
         '## Ingest (issue 2): fast and durable TCP ingest into one `oklog ingest`',
         '',
-        `${fmt(RECORDS)} records of 100–200 B (${mib.toFixed(0)} MiB) for fast mode and ${fmt(DURABLE_RECORDS)} for durable mode, sent over ${CONNS} parallel connections from the benchmark process; one \`oklog ingest\` node at default settings on the real filesystem. Best of ${ROUNDS} rounds (durable: ${Math.min(ROUNDS, 2)}), alternating with the references, each fast-mode run after a `sync` (no run pays for another's writeback). Both are timed from this process, from before connecting until the end is seen: oklog's when \`/ingest/stats\` reports every record written to its segment files, the raw sink's when it reports every connection written and closed.`,
+        `${fmt(RECORDS)} records of 100–200 B (${mib.toFixed(0)} MiB) for fast mode and ${fmt(DURABLE_RECORDS)} for durable mode, sent over ${CONNS} parallel connections from the benchmark process; one \`oklog ingest\` node at default settings on the real filesystem. Best of ${ROUNDS} rounds (durable: ${Math.min(ROUNDS, 2)}), alternating with the references, each fast-mode run after a \`sync\` (no run pays for another's writeback). Both are timed from this process, from before connecting until the end is seen: oklog's when \`/ingest/stats\` reports every record written to its segment files, the raw sink's when it reports every connection written and closed.`,
         '',
         '| measure | oklog | reference | ratio | target |',
         '| --- | --- | --- | --- | --- |',
