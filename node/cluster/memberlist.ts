@@ -198,7 +198,8 @@ export interface MemberlistStats {
   staleAlive(): void;
 }
 
-const NO_STATS: MemberlistStats = {
+/** Stats hooks that count nothing (tests, and a Memberlist built without them). */
+export const NO_STATS: MemberlistStats = {
   drop: () => {},
   probe: () => {},
   pushPull: () => {},

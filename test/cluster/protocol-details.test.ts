@@ -13,6 +13,7 @@ import {
   LAN_DEFAULTS,
   Memberlist,
   type MemberlistStats,
+  NO_STATS,
   pushPullScale,
 } from '../../node/cluster/memberlist.ts';
 import { encodePacket } from '../../node/cluster/packet.ts';
@@ -35,15 +36,7 @@ function member(
   host: string,
   o: { passive?: boolean; pushPullIntervalMs?: number; stats?: Partial<MemberlistStats> } = {},
 ): Memberlist {
-  const stats: MemberlistStats = {
-    drop: () => {},
-    probe: () => {},
-    pushPull: () => {},
-    packet: () => {},
-    streamRejected: () => {},
-    staleAlive: () => {},
-    ...o.stats,
-  };
+  const stats: MemberlistStats = { ...NO_STATS, ...o.stats };
   const ml = new Memberlist(
     {
       ...LAN_DEFAULTS,

@@ -6,6 +6,7 @@ import { type PeerInfo, StaticPeers } from '../../node/cluster/peers.ts';
 import { type FileSystem, RealFileSystem } from '../../node/fs/index.ts';
 import { Fanout } from '../../node/store/fanout.ts';
 import { createStoreMetrics, type StoreMetrics } from '../../node/store/metrics.ts';
+import type { QueryParams } from '../../node/store/query-params.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { storeRoutes } from '../../node/store/routes.ts';
 import { ScanPool } from '../../node/store/scan-pool.ts';
@@ -41,6 +42,23 @@ export function records(startMs: number, count: number, extra: (i: number) => st
 }
 
 export const T0 = Date.UTC(2024, 0, 1, 0, 0, 0);
+
+/** A query bound as the user writes it (RFC 3339). */
+export const iso = (ms: number) => new Date(ms).toISOString();
+
+/** QueryParams of a plain-term query over [fromMs, toMs] as parseQuery would produce them. */
+export function plainQuery(fromMs: number, toMs: number, q: string): QueryParams {
+  return {
+    from: ulidAt(fromMs),
+    to: ulidAt(toMs),
+    fromText: '',
+    toText: '',
+    q,
+    regex: false,
+    topic: undefined,
+    limit: null,
+  };
+}
 
 export interface TestNode {
   url: string;

@@ -12,7 +12,7 @@ import { receiveSegment } from '../../node/store/replicate.ts';
 import { type PoolScanJob, type PoolScanOptions, ScanPool } from '../../node/store/scan-pool.ts';
 import type { StoreLog } from '../../node/store/store-log.ts';
 import { tempDir } from '../helpers/index.ts';
-import { line, silent, T0, ulidAt } from './helpers.ts';
+import { line, plainQuery, silent, T0 } from './helpers.ts';
 
 /** The scan pool, noting every scan job it is given. */
 class SpyPool extends ScanPool {
@@ -56,16 +56,7 @@ after(async () => {
   await dir.cleanup();
 });
 
-const params: QueryParams = {
-  from: ulidAt(T0),
-  to: ulidAt(T0 + COUNT),
-  fromText: '',
-  toText: '',
-  q: 'rec',
-  regex: false,
-  topic: undefined,
-  limit: null,
-};
+const params: QueryParams = plainQuery(T0, T0 + COUNT, 'rec');
 
 function localQuery(opts: Partial<LocalQueryOptions>): LocalQuery {
   return new LocalQuery(log, compileScanFilter(params), params, {

@@ -11,9 +11,8 @@ import { after, test } from 'node:test';
 import { MemoryBudget, QueryBusyError } from '../../node/store/budget.ts';
 import { encodeTime } from '../../shared/ulid.ts';
 import { type Proc, tempDir, waitFor, watchMemory } from '../helpers/index.ts';
-import { line, startSegmentStore, T0, ulidAt } from './helpers.ts';
+import { iso, line, startSegmentStore, T0, ulidAt } from './helpers.ts';
 
-const iso = (ms: number) => new Date(ms).toISOString();
 const MiB = 2 ** 20;
 const procs: Proc[] = [];
 const dirs: { cleanup: () => Promise<void> }[] = [];

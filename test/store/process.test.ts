@@ -24,9 +24,7 @@ import {
   watchMemory,
 } from '../helpers/index.ts';
 import { captureLogger } from './consumer-fakes.ts';
-import { line, records, segmentStoreFlags, T0, ulidAt } from './helpers.ts';
-
-const iso = (ms: number) => new Date(ms).toISOString();
+import { iso, line, records, segmentStoreFlags, T0, ulidAt } from './helpers.ts';
 
 async function startStore(dir: string, extra: string[] = []): Promise<{ proc: Proc; url: string }> {
   const { proc, api: url } = await startOklog('store', [...segmentStoreFlags(dir), ...extra]);

@@ -8,6 +8,7 @@ import { request } from 'node:http';
 import { after, test } from 'node:test';
 import { ulidTime } from '../../shared/ulid.ts';
 import { type Proc, startIngeststore, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
+import { iso } from './helpers.ts';
 
 let proc: Proc | null = null;
 let cleanup: (() => Promise<void>) | null = null;
@@ -15,8 +16,6 @@ after(async () => {
   await proc?.kill('SIGKILL');
   await cleanup?.();
 });
-
-const iso = (ms: number) => new Date(ms).toISOString();
 
 async function get(url: string, method = 'GET') {
   const r = await fetch(url, { method, signal: AbortSignal.timeout(10_000) });

@@ -9,9 +9,8 @@ import { compileFilterTerms, ScanFilterCache } from '../../node/store/query-para
 import { ScanPool } from '../../node/store/scan-pool.ts';
 import { MAX_ULID, ZERO_ULID } from '../../shared/ulid.ts';
 import { freePort, tempDir, waitFor } from '../helpers/index.ts';
-import { line, query, replicate, silent, startTestNode, T0, type TestNode, ulidAt } from './helpers.ts';
+import { iso, line, query, replicate, silent, startTestNode, T0, type TestNode, ulidAt } from './helpers.ts';
 
-const iso = (ms: number) => new Date(ms).toISOString();
 let node: TestNode;
 
 // Segment A: 100 records, one per ms, topics alternating web/db. Segment B overlaps A (replica

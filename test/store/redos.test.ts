@@ -13,9 +13,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { MAX_REPEATS } from '../../node/store/regex.ts';
 import { type Proc, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
-import { line, startSegmentStore, T0, ulidAt } from './helpers.ts';
+import { iso, line, startSegmentStore, T0, ulidAt } from './helpers.ts';
 
-const iso = (ms: number) => new Date(ms).toISOString();
 // 60-way alternation under a star, then 31 `(.*)` groups: 32 repetition operators, ~1 ms per
 // 200-byte record on the linear engine (without the capture rewrite, far more).
 const alternation = Array.from({ length: 60 }, (_, i) => `p${i}`).join('|');

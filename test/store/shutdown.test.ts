@@ -5,9 +5,8 @@ import assert from 'node:assert/strict';
 import { type IncomingMessage, request } from 'node:http';
 import { test } from 'node:test';
 import { tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
-import { records, replicate, startSegmentStore, T0 } from './helpers.ts';
+import { iso, records, replicate, startSegmentStore, T0 } from './helpers.ts';
 
-const iso = (ms: number) => new Date(ms).toISOString();
 const RECORDS = 200_000; // ~36 MiB: far more than the sockets between node and client buffer
 const range = `from=${iso(T0)}&to=${iso(T0 + RECORDS)}`;
 

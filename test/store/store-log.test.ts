@@ -6,13 +6,13 @@ import { Registry } from 'prom-client';
 import { RealFileSystem, VirtualFileSystem } from '../../node/fs/index.ts';
 import { createStoreMetrics } from '../../node/store/metrics.ts';
 import { LocalQuery } from '../../node/store/query.ts';
-import { compileScanFilter, type QueryParams } from '../../node/store/query-params.ts';
+import { compileScanFilter } from '../../node/store/query-params.ts';
 import { openStoreLog } from '../../node/store/recovery.ts';
 import { receiveSegment } from '../../node/store/replicate.ts';
 import { ScanPool } from '../../node/store/scan-pool.ts';
 import { openChunkReader } from '../../node/store/segment-reader.ts';
 import { tempDir } from '../helpers/index.ts';
-import { line, query, records, silent, startTestNode, T0, ulidAt } from './helpers.ts';
+import { line, plainQuery, query, records, silent, startTestNode, T0, ulidAt } from './helpers.ts';
 
 async function* body(...parts: string[]): AsyncGenerator<Buffer> {
   for (const p of parts) yield Buffer.from(p);
@@ -409,16 +409,7 @@ test('a query opening a segment while a compaction renames it waits for the rena
     const data = records(T0, 50);
     const r = await receiveSegment(log, body(data));
     assert.ok(r.entry);
-    const params: QueryParams = {
-      from: ulidAt(T0),
-      to: ulidAt(T0 + 49),
-      fromText: '',
-      toText: '',
-      q: 'rec',
-      regex: false,
-      topic: undefined,
-      limit: null,
-    };
+    const params = plainQuery(T0, T0 + 49, 'rec');
     const query = (withPool: boolean) => {
       const opts = { concurrency: 4, bufferSize: 64 << 10, pool: withPool ? pool : undefined };
       return new LocalQuery(log, compileScanFilter(params), params, opts);

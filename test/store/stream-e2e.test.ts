@@ -6,6 +6,7 @@ import { request } from 'node:http';
 import { connect } from 'node:net';
 import { after, test } from 'node:test';
 import { type Proc, startIngeststore, tempDir, untilStorePeer, waitFor } from '../helpers/index.ts';
+import { iso } from './helpers.ts';
 
 let proc: Proc | null = null;
 let cleanup: (() => Promise<void>) | null = null;
@@ -13,8 +14,6 @@ after(async () => {
   await proc?.kill('SIGKILL');
   await cleanup?.();
 });
-
-const iso = (ms: number) => new Date(ms).toISOString();
 
 function openStream(url: string) {
   const chunks: Buffer[] = [];
